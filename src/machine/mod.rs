@@ -1,0 +1,438 @@
+//! The score machine: a softmax-weighted average of training patches,
+//! built from a noise schedule, a locality and an equivariance constraint.
+
+mod kernel;
+mod plan;
+mod posterior;
+
+use std::collections::BTreeMap;
+
+pub use posterior::PartialPosterior;
+
+use crate::equivariance::{Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded};
+use crate::error::{Error, Result};
+use crate::image::{Image, Shape};
+use crate::locality::{Locality, WholeImage};
+use crate::real::Real;
+use crate::schedule::{NoiseSchedule, check_time};
+use crate::score::{Prediction, ScoreFunction};
+use crate::training::TrainingSet;
+use kernel::Scratch;
+use plan::Plan;
+
+/// Number of training images one worker takes at a time.
+const CHUNK: usize = 32;
+
+/// An analytic score machine over a training set.
+///
+/// For a noisy image `phi_t` at time `t`, with `a = a(t)`, `s = s(t)` from
+/// the schedule, the machine's window `Omega` at `t` from the locality and
+/// the candidate centres `Y(x)` of output pixel `x` from the equivariance
+/// constraint:
+///
+/// ```text
+/// d(x; mu, y) = sum_{o in Omega} w_o (phi_t(x + o) - a phi^mu(y + o))^2
+/// w(x; mu, y) = exp(-d(x; mu, y) / (2 s^2)) / sum over (mu', y' in Y(x)) of the same
+/// x0hat(x)    = sum_{mu, y in Y(x)} w(x; mu, y) phi^mu(y)
+/// ```
+///
+/// Distances sum over all channels; positions outside the image read as
+/// the constraint's [`Boundary`](crate::equivariance::Boundary) says. The
+/// named constructors give the machines of the theory:
+///
+/// | constructor | machine | window | candidates |
+/// |---|---|---|---|
+/// | [`Machine::ideal`] | IS | whole image | same location |
+/// | [`Machine::equivariant`] | ES | whole image, periodic | every circular shift |
+/// | [`Machine::local`] | LS | patch, zero-padded | same location |
+/// | [`Machine::equivariant_local`] | ELS | patch, query wraps | interior patches |
+/// | [`Machine::equivariant_local_periodic`] | periodic ELS | patch, periodic | every patch |
+/// | [`Machine::equivariant_local_zero_padded`] | bbELS | patch, zero-padded | per-axis rule |
+///
+/// Evaluation streams over training images, keeps a running softmax
+/// ([`PartialPosterior`]) and never holds more than a few images' worth of
+/// distances; with the `parallel` feature it uses every core.
+///
+/// # Example
+///
+/// ```
+/// use score_machines::prelude::*;
+///
+/// let shape = Shape::new(1, 8, 8)?;
+/// let pixels: Vec<f32> = (0..3 * 64).map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0).collect();
+/// let training = TrainingSet::new(shape, pixels, None)?;
+/// let els = Machine::equivariant_local(training, LegacyCosine, SquarePatch::new(3)?)?;
+/// let noisy = Image::from_vec(shape, vec![0.1_f32; 64])?;
+/// let x0 = els.x0_hat(&noisy, 0.5, None)?;
+/// assert!(x0.as_slice().iter().all(|v| (-1.0..=1.0).contains(v)));
+/// # Ok::<(), score_machines::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Machine<T, S, L, E> {
+    training: TrainingSet<T>,
+    classes: BTreeMap<usize, Vec<usize>>,
+    schedule: S,
+    locality: L,
+    equivariance: E,
+}
+
+/// The ideal score machine (IS).
+pub type IdealScore<T, S> = Machine<T, S, WholeImage, SameLocation>;
+/// The equivariant score machine (ES).
+pub type EquivariantScore<T, S> = Machine<T, S, WholeImage, PeriodicFull>;
+/// The local score machine (LS).
+pub type LocalScore<T, S, L> = Machine<T, S, L, SameLocation>;
+/// The equivariant local score machine (ELS) with the reference periodic
+/// semantics.
+pub type EquivariantLocalScore<T, S, L> = Machine<T, S, L, PeriodicInterior>;
+/// The equivariant local score machine with zero-padding boundaries (bbELS).
+pub type ZeroPaddedEquivariantLocalScore<T, S, L> = Machine<T, S, L, ZeroPadded>;
+
+impl<T: Real, S: NoiseSchedule> Machine<T, S, WholeImage, SameLocation> {
+    /// The ideal score (IS): one softmax over whole training images,
+    /// `d_mu = ||phi_t - a phi^mu||^2`, `x0hat = sum_mu w_mu phi^mu`. It
+    /// memorises: as `t -> 0` it returns the nearest training image.
+    ///
+    /// # Errors
+    ///
+    /// None at present; the signature leaves room for validation.
+    pub fn ideal(training: TrainingSet<T>, schedule: S) -> Result<Self> {
+        Machine::new(training, schedule, WholeImage, SameLocation)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule> Machine<T, S, WholeImage, PeriodicFull> {
+    /// The equivariant score (ES): the ideal score over every circular
+    /// shift of every training image.
+    ///
+    /// # Errors
+    ///
+    /// None at present; the signature leaves room for validation.
+    pub fn equivariant(training: TrainingSet<T>, schedule: S) -> Result<Self> {
+        Machine::new(training, schedule, WholeImage, PeriodicFull)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule, L: Locality> Machine<T, S, L, SameLocation> {
+    /// The local score (LS): per output pixel, a softmax over the patch at
+    /// the same location of every training image, zero-padded.
+    ///
+    /// # Errors
+    ///
+    /// None at present; the signature leaves room for validation.
+    pub fn local(training: TrainingSet<T>, schedule: S, locality: L) -> Result<Self> {
+        Machine::new(training, schedule, locality, SameLocation)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule, L: Locality> Machine<T, S, L, PeriodicInterior> {
+    /// The equivariant local score (ELS), reference semantics: the output
+    /// pixel's patch wraps around the edges, candidates are every patch
+    /// lying wholly inside any training image.
+    ///
+    /// # Errors
+    ///
+    /// None at construction; evaluation fails with
+    /// [`Error::NoCandidates`] when the patch is larger than the image.
+    pub fn equivariant_local(training: TrainingSet<T>, schedule: S, locality: L) -> Result<Self> {
+        Machine::new(training, schedule, locality, PeriodicInterior)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule, L: Locality> Machine<T, S, L, PeriodicFull> {
+    /// The fully periodic equivariant local score: every patch wraps, and
+    /// every centre of every training image is a candidate.
+    ///
+    /// # Errors
+    ///
+    /// None at present; the signature leaves room for validation.
+    pub fn equivariant_local_periodic(
+        training: TrainingSet<T>,
+        schedule: S,
+        locality: L,
+    ) -> Result<Self> {
+        Machine::new(training, schedule, locality, PeriodicFull)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule, L: Locality> Machine<T, S, L, ZeroPadded> {
+    /// The equivariant local score with zero-padding boundaries (bbELS),
+    /// what zero-padded convolutional networks compute: interior pixels see
+    /// every interior patch, pixels near one edge see patches sliding along
+    /// that edge at the same depth, corner pixels only the same-location
+    /// patch.
+    ///
+    /// # Errors
+    ///
+    /// None at present; the signature leaves room for validation.
+    pub fn equivariant_local_zero_padded(
+        training: TrainingSet<T>,
+        schedule: S,
+        locality: L,
+    ) -> Result<Self> {
+        Machine::new(training, schedule, locality, ZeroPadded)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E> {
+    /// A machine from its three parts.
+    ///
+    /// # Errors
+    ///
+    /// None at present (a [`TrainingSet`] is never empty); the signature
+    /// leaves room for validation.
+    pub fn new(
+        training: TrainingSet<T>,
+        schedule: S,
+        locality: L,
+        equivariance: E,
+    ) -> Result<Self> {
+        let mut classes: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        if let Some(labels) = training.labels() {
+            for (row, &label) in labels.iter().enumerate() {
+                classes.entry(label).or_default().push(row);
+            }
+        }
+        Ok(Machine {
+            training,
+            classes,
+            schedule,
+            locality,
+            equivariance,
+        })
+    }
+
+    /// The training set.
+    pub fn training(&self) -> &TrainingSet<T> {
+        &self.training
+    }
+
+    /// The noise schedule.
+    pub fn noise_schedule(&self) -> &S {
+        &self.schedule
+    }
+
+    /// The locality.
+    pub fn locality(&self) -> &L {
+        &self.locality
+    }
+
+    /// The equivariance constraint.
+    pub fn equivariance(&self) -> &E {
+        &self.equivariance
+    }
+
+    /// The class labels present in the training set, ascending.
+    pub fn classes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.classes.keys().copied()
+    }
+
+    /// Number of (output pixel, candidate patch) comparisons one evaluation
+    /// at time `t` makes, over the whole training set.
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::posterior`] for the window at `t`.
+    pub fn comparisons(&self, t: f64) -> Result<usize> {
+        let plan = Plan::new(
+            self.training.shape(),
+            &self.locality.window(t),
+            &self.equivariance,
+        )?;
+        Ok(plan.comparisons_per_image() * self.training.len())
+    }
+
+    /// The softmax state over this machine's training set for `phi_t = x`,
+    /// before normalisation. States of machines over disjoint shards of a
+    /// training set (same schedule, locality and equivariance) merge with
+    /// [`PartialPosterior::merge`] into the state over their union.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ShapeMismatch`] if `x` has another shape than the
+    ///   training images;
+    /// - [`Error::InvalidTime`] if `t` is outside `[0, 1]` or the schedule
+    ///   gives a non-finite `a` or `s` there;
+    /// - [`Error::NonFinite`] if `x` holds NaN or infinity;
+    /// - [`Error::UnknownClass`] if `class` is not a label of the set;
+    /// - [`Error::NoCandidates`], [`Error::InvalidWindow`] if the window at
+    ///   `t` leaves some output pixel without candidates or is malformed.
+    pub fn posterior(
+        &self,
+        x: &Image<T>,
+        t: f64,
+        class: Option<usize>,
+    ) -> Result<PartialPosterior> {
+        let shape = self.training.shape();
+        if x.shape() != shape {
+            return Err(Error::shape("query image shape", shape, x.shape()));
+        }
+        check_time(t)?;
+        x.check_finite("query image")?;
+        let (signal, noise) = (self.schedule.signal(t), self.schedule.noise(t));
+        if !(signal.is_finite() && noise.is_finite() && noise >= 0.0) {
+            return Err(Error::InvalidTime {
+                t,
+                reason: "the schedule gives a non-finite signal or noise scale here",
+            });
+        }
+        let beta = 1.0 / (2.0 * noise * noise);
+        let rows: Vec<usize> = match class {
+            None => (0..self.training.len()).collect(),
+            Some(label) => self
+                .classes
+                .get(&label)
+                .cloned()
+                .ok_or(Error::UnknownClass(label))?,
+        };
+        let plan = Plan::new(shape, &self.locality.window(t), &self.equivariance)?;
+        let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
+        plan.pad(x.as_slice(), &mut query);
+        Ok(self.stream(&plan, &query, signal, beta, &rows))
+    }
+
+    fn stream(
+        &self,
+        plan: &Plan,
+        query: &[f64],
+        signal: f64,
+        beta: f64,
+        rows: &[usize],
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let padded_len = plan.padded_height * plan.padded_width * shape.channels;
+        let chunk = |rows: &[usize]| {
+            let mut posterior = PartialPosterior::new(shape, beta);
+            let mut scratch = Scratch {
+                padded_image: vec![0.0; padded_len],
+                ..Scratch::default()
+            };
+            for &row in rows {
+                let mut padded = std::mem::take(&mut scratch.padded_image);
+                plan.pad(self.training.image(row), &mut padded);
+                kernel::accumulate(plan, query, &padded, signal, &mut posterior, &mut scratch);
+                scratch.padded_image = padded;
+            }
+            posterior
+        };
+        let merge = |mut a: PartialPosterior, b: PartialPosterior| {
+            a.merge(&b).expect("parts of one evaluation agree");
+            a
+        };
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            rows.par_chunks(CHUNK)
+                .map(chunk)
+                .reduce(|| PartialPosterior::new(shape, beta), merge)
+        }
+        #[cfg(not(feature = "parallel"))]
+        {
+            rows.chunks(CHUNK)
+                .map(chunk)
+                .fold(PartialPosterior::new(shape, beta), merge)
+        }
+    }
+
+    /// Writes `x0hat(phi_t = x, t)` into `out`, optionally conditioned on a
+    /// class (the machine built on that class's images alone).
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::posterior`], and [`Error::ShapeMismatch`] if `out`
+    /// has another shape than `x`.
+    pub fn x0_hat_into(
+        &self,
+        x: &Image<T>,
+        t: f64,
+        class: Option<usize>,
+        out: &mut Image<T>,
+    ) -> Result<()> {
+        if out.shape() != x.shape() {
+            return Err(Error::shape("output image shape", x.shape(), out.shape()));
+        }
+        self.posterior(x, t, class)?.write_into(out)
+    }
+}
+
+impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> ScoreFunction<T>
+    for Machine<T, S, L, E>
+{
+    fn schedule(&self) -> &dyn NoiseSchedule {
+        &self.schedule
+    }
+
+    fn shape(&self) -> Option<Shape> {
+        Some(self.training.shape())
+    }
+
+    fn native(&self) -> Prediction {
+        Prediction::CleanImage
+    }
+
+    fn predict_native_into(
+        &self,
+        x: &Image<T>,
+        t: f64,
+        class: Option<usize>,
+        out: &mut Image<T>,
+    ) -> Result<()> {
+        self.x0_hat_into(x, t, class, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locality::SquarePatch;
+    use crate::schedule::LegacyCosine;
+
+    fn training() -> TrainingSet<f64> {
+        let shape = Shape::new(1, 5, 6).unwrap();
+        let data = (0..4 * 30)
+            .map(|i| ((i * 7919 % 17) as f64) / 8.0 - 1.0)
+            .collect();
+        TrainingSet::new(shape, data, Some(vec![0, 1, 0, 2])).unwrap()
+    }
+
+    #[test]
+    fn single_image_is_returned_exactly() {
+        let set = training().select(&[1]).unwrap();
+        let machine =
+            Machine::local(set.clone(), LegacyCosine, SquarePatch::new(3).unwrap()).unwrap();
+        let x = Image::zeros(set.shape());
+        let out = machine.x0_hat(&x, 0.7, None).unwrap();
+        assert_eq!(out.as_slice(), set.image(0));
+    }
+
+    #[test]
+    fn reference_els_rejects_patch_larger_than_image() {
+        let set = training();
+        let machine =
+            Machine::equivariant_local(set.clone(), LegacyCosine, SquarePatch::new(7).unwrap())
+                .unwrap();
+        let err = machine
+            .x0_hat(&Image::zeros(set.shape()), 0.5, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::NoCandidates(_)), "{err}");
+    }
+
+    #[test]
+    fn time_zero_picks_the_nearest_image() {
+        let set = training();
+        let machine = Machine::ideal(set.clone(), LegacyCosine).unwrap();
+        let x = set.to_image(2);
+        let out = machine.x0_hat(&x, 0.0, None).unwrap();
+        assert_eq!(out.as_slice(), set.image(2));
+    }
+
+    #[test]
+    fn unknown_class_is_an_error() {
+        let set = training();
+        let machine = Machine::ideal(set.clone(), LegacyCosine).unwrap();
+        let err = machine
+            .x0_hat(&Image::zeros(set.shape()), 0.5, Some(9))
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownClass(9)));
+    }
+}

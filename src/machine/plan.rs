@@ -1,0 +1,186 @@
+//! What one evaluation compares: the resolved patch, the padded layout and,
+//! per axis, the displacements from output pixels to candidate centres.
+
+use crate::equivariance::{Axis, Boundary, Equivariance};
+use crate::error::{Error, Result};
+use crate::image::Shape;
+use crate::locality::{Patch, Window};
+
+/// Output coordinates along one axis whose candidate centres include
+/// `query + delta`.
+#[derive(Clone, Debug)]
+pub(crate) struct Shift {
+    pub delta: isize,
+    pub queries: Vec<usize>,
+}
+
+impl Shift {
+    pub fn first(&self) -> usize {
+        self.queries[0]
+    }
+
+    pub fn last(&self) -> usize {
+        self.queries[self.queries.len() - 1]
+    }
+
+    pub fn span(&self) -> usize {
+        self.last() - self.first() + 1
+    }
+}
+
+/// The displacements of one axis.
+#[derive(Clone, Debug)]
+pub(crate) struct AxisPlan {
+    pub shifts: Vec<Shift>,
+    /// Number of (query, candidate) pairs on this axis.
+    pub pairs: usize,
+}
+
+impl AxisPlan {
+    fn new(equivariance: &dyn Equivariance, axis: Axis, name: &str) -> Result<Self> {
+        let len = axis.len as isize;
+        let mut by_delta: Vec<Vec<usize>> = vec![Vec::new(); 2 * axis.len - 1];
+        let mut pairs = 0;
+        for query in 0..axis.len {
+            let candidates = equivariance.candidates(axis, query);
+            if candidates.is_empty() {
+                return Err(Error::NoCandidates(format!(
+                    "no candidate centre along the {name} axis for coordinate {query} \
+                     ({} pixels, window reaching {} before and {} after its centre)",
+                    axis.len, axis.before, axis.after
+                )));
+            }
+            if candidates.end > axis.len {
+                return Err(Error::InvalidParameter(format!(
+                    "equivariance returned candidates {candidates:?} outside 0..{} along the {name} axis",
+                    axis.len
+                )));
+            }
+            for y in candidates {
+                let delta = y as isize - query as isize;
+                by_delta[(delta + len - 1) as usize].push(query);
+                pairs += 1;
+            }
+        }
+        let shifts = by_delta
+            .into_iter()
+            .enumerate()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(i, queries)| Shift {
+                delta: i as isize - (len - 1),
+                queries,
+            })
+            .collect();
+        Ok(AxisPlan { shifts, pairs })
+    }
+}
+
+/// Everything about one evaluation that depends on the shape, window and
+/// equivariance but not on the images.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub shape: Shape,
+    pub patch: Patch,
+    pub boundary: Boundary,
+    pub rows: AxisPlan,
+    pub cols: AxisPlan,
+    /// Padded plane size: `(H + up + down) x (W + left + right)`.
+    pub padded_height: usize,
+    pub padded_width: usize,
+    /// Whether every window covers the whole zero-padded image and the only
+    /// candidate is the output pixel's own location, so that the distance
+    /// is the same for every output pixel (the ideal score).
+    pub global: bool,
+}
+
+impl Plan {
+    pub fn new(shape: Shape, window: &Window, equivariance: &dyn Equivariance) -> Result<Self> {
+        let boundary = equivariance.boundary();
+        let periodic = boundary == Boundary::Periodic;
+        let patch = match window {
+            Window::Whole => {
+                let (up, down) = Window::whole_extent(shape.height, periodic);
+                let (left, right) = Window::whole_extent(shape.width, periodic);
+                Patch::offsets(up, down, left, right)
+            }
+            Window::Patch(patch) => patch.clone(),
+        };
+        let row_axis = Axis {
+            len: shape.height,
+            before: patch.up(),
+            after: patch.down(),
+        };
+        let col_axis = Axis {
+            len: shape.width,
+            before: patch.left(),
+            after: patch.right(),
+        };
+        let rows = AxisPlan::new(equivariance, row_axis, "row")?;
+        let cols = AxisPlan::new(equivariance, col_axis, "column")?;
+        let covers =
+            |before: usize, after: usize, len: usize| before >= len - 1 && after >= len - 1;
+        let same_location = |plan: &AxisPlan| plan.shifts.len() == 1 && plan.shifts[0].delta == 0;
+        let global = boundary == Boundary::Zero
+            && patch.is_uniform()
+            && covers(patch.up(), patch.down(), shape.height)
+            && covers(patch.left(), patch.right(), shape.width)
+            && same_location(&rows)
+            && same_location(&cols);
+        Ok(Plan {
+            shape,
+            padded_height: shape.height + patch.up() + patch.down(),
+            padded_width: shape.width + patch.left() + patch.right(),
+            patch,
+            boundary,
+            rows,
+            cols,
+            global,
+        })
+    }
+
+    /// Number of (output pixel, candidate centre) pairs per training image.
+    pub fn comparisons_per_image(&self) -> usize {
+        self.rows.pairs * self.cols.pairs
+    }
+
+    /// Writes `image` (channel-major, unpadded) into `padded` with this
+    /// plan's margins and boundary, as `f64`.
+    pub fn pad<T: crate::Real>(&self, image: &[T], padded: &mut [f64]) {
+        let Shape {
+            channels,
+            height,
+            width,
+        } = self.shape;
+        let (ph, pw) = (self.padded_height, self.padded_width);
+        let (up, left) = (self.patch.up() as isize, self.patch.left() as isize);
+        for c in 0..channels {
+            let plane = &image[c * height * width..(c + 1) * height * width];
+            let out = &mut padded[c * ph * pw..(c + 1) * ph * pw];
+            for i in 0..ph {
+                let row = i as isize - up;
+                let source_row = match self.boundary {
+                    Boundary::Periodic => Some(row.rem_euclid(height as isize) as usize),
+                    Boundary::Zero => (0..height as isize).contains(&row).then_some(row as usize),
+                };
+                let out_row = &mut out[i * pw..(i + 1) * pw];
+                let Some(source_row) = source_row else {
+                    out_row.fill(0.0);
+                    continue;
+                };
+                let source = &plane[source_row * width..(source_row + 1) * width];
+                for (j, o) in out_row.iter_mut().enumerate() {
+                    let col = j as isize - left;
+                    *o = match self.boundary {
+                        Boundary::Periodic => {
+                            source[col.rem_euclid(width as isize) as usize].widen()
+                        }
+                        Boundary::Zero if (0..width as isize).contains(&col) => {
+                            source[col as usize].widen()
+                        }
+                        Boundary::Zero => 0.0,
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The floating-point types the crate works in.
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point pixel type: `f32` or `f64`.
+///
+/// Images and training sets store pixels in this type; machines accumulate
+/// distances and softmax sums in `f64` whatever the storage type, so the
+/// storage type decides memory and input precision, not the accuracy of the
+/// arithmetic. The trait is sealed.
+pub trait Real:
+    num_traits::Float
+    + nalgebra::Scalar
+    + Default
+    + Debug
+    + Display
+    + Sum
+    + Send
+    + Sync
+    + sealed::Sealed
+    + 'static
+{
+    /// The name of the type, `"f32"` or `"f64"`.
+    const NAME: &'static str;
+
+    /// Converts from `f64`, rounding to nearest (exact for `f64`).
+    fn narrow(value: f64) -> Self;
+
+    /// Converts to `f64`, exactly.
+    fn widen(self) -> f64;
+}
+
+impl Real for f32 {
+    const NAME: &'static str = "f32";
+
+    #[inline]
+    fn narrow(value: f64) -> Self {
+        value as f32
+    }
+
+    #[inline]
+    fn widen(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    const NAME: &'static str = "f64";
+
+    #[inline]
+    fn narrow(value: f64) -> Self {
+        value
+    }
+
+    #[inline]
+    fn widen(self) -> f64 {
+        self
+    }
+}
