@@ -35,6 +35,10 @@ pub trait Real:
 
     /// Converts to `f64`, exactly.
     fn widen(self) -> f64;
+
+    /// The slice as `f32`, when `Self` is `f32` (selects the `f32` kernels).
+    #[doc(hidden)]
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
 }
 
 impl Real for f32 {
@@ -49,6 +53,10 @@ impl Real for f32 {
     fn widen(self) -> f64 {
         self as f64
     }
+
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
 }
 
 impl Real for f64 {
@@ -62,5 +70,9 @@ impl Real for f64 {
     #[inline]
     fn widen(self) -> f64 {
         self
+    }
+
+    fn as_f32(_values: &[Self]) -> Option<&[f32]> {
+        None
     }
 }

@@ -1,6 +1,7 @@
 //! The score machine: a softmax-weighted average of training patches,
 //! built from a noise schedule, a locality and an equivariance constraint.
 
+mod fast;
 mod kernel;
 mod plan;
 mod posterior;
@@ -286,9 +287,80 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 .ok_or(Error::UnknownClass(label))?,
         };
         let plan = Plan::new(shape, &self.locality.window(t), &self.equivariance)?;
+        let fast = T::as_f32(self.training.as_slice()).filter(|_| {
+            let beta32 = beta as f32;
+            !plan.global
+                && plan.patch.is_uniform()
+                && beta32.is_normal()
+                && (signal as f32).is_finite()
+        });
+        if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
+            return Ok(self.stream_f32(&plan, images, query, signal, beta, &rows));
+        }
         let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
         plan.pad(x.as_slice(), &mut query);
         Ok(self.stream(&plan, &query, signal, beta, &rows))
+    }
+
+    /// The `f32` path: eight candidate columns at a time, see [`fast`].
+    fn stream_f32(
+        &self,
+        plan: &Plan,
+        images: &[f32],
+        query: &[f32],
+        signal: f64,
+        beta: f64,
+        rows: &[usize],
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let lanes = fast::LanePlan::new(plan);
+        let job = fast::LaneJob {
+            plan,
+            lanes: &lanes,
+            signal,
+            beta,
+        };
+        let len = shape.len();
+        let chunk = |rows: &[usize]| {
+            let mut posterior = PartialPosterior::new(shape, beta);
+            let mut scratch = job.scratch(query);
+            job.run(
+                rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
+                &mut scratch,
+                &mut posterior,
+            );
+            posterior
+        };
+        self.reduce(rows, fast::FOLD_EVERY * 2, beta, chunk)
+    }
+
+    /// Splits `rows` into chunks, evaluates each (on every core with the
+    /// `parallel` feature) and merges the parts.
+    fn reduce(
+        &self,
+        rows: &[usize],
+        chunk_len: usize,
+        beta: f64,
+        chunk: impl Fn(&[usize]) -> PartialPosterior + Sync + Send,
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let merge = |mut a: PartialPosterior, b: PartialPosterior| {
+            a.merge(&b).expect("parts of one evaluation agree");
+            a
+        };
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            rows.par_chunks(chunk_len)
+                .map(chunk)
+                .reduce(|| PartialPosterior::new(shape, beta), merge)
+        }
+        #[cfg(not(feature = "parallel"))]
+        {
+            rows.chunks(chunk_len)
+                .map(chunk)
+                .fold(PartialPosterior::new(shape, beta), merge)
+        }
     }
 
     fn stream(
@@ -315,25 +387,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             }
             posterior
         };
-        let merge = |mut a: PartialPosterior, b: PartialPosterior| {
-            a.merge(&b).expect("parts of one evaluation agree");
-            a
-        };
-        #[cfg(feature = "parallel")]
-        {
-            use rayon::prelude::*;
-            rows.par_chunks(CHUNK)
-                .map(chunk)
-                .reduce(|| PartialPosterior::new(shape, beta), merge)
-        }
-        #[cfg(not(feature = "parallel"))]
-        {
-            rows.chunks(CHUNK)
-                .map(chunk)
-                .fold(PartialPosterior::new(shape, beta), merge)
-        }
+        self.reduce(rows, CHUNK, beta, chunk)
     }
-
     /// Writes `x0hat(phi_t = x, t)` into `out`, optionally conditioned on a
     /// class (the machine built on that class's images alone).
     ///
@@ -424,6 +479,97 @@ mod tests {
         let x = set.to_image(2);
         let out = machine.x0_hat(&x, 0.0, None).unwrap();
         assert_eq!(out.as_slice(), set.image(2));
+    }
+
+    /// The `f32` lane kernel against the `f64` kernel on the same values.
+    #[test]
+    fn lane_kernel_matches_f64_kernel() {
+        let shape = Shape::new(2, 9, 13).unwrap();
+        let pixels: Vec<f32> = (0..7 * shape.len())
+            .map(|i| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let wide: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
+        let narrow_set = TrainingSet::new(shape, pixels, None).unwrap();
+        let wide_set = TrainingSet::new(shape, wide, None).unwrap();
+        let query: Vec<f32> = (0..shape.len())
+            .map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let narrow_query = Image::from_vec(shape, query).unwrap();
+        let wide_query: Image<f64> = narrow_query.cast();
+        for side in [1, 3, 5, 9, 15] {
+            let local = SquarePatch::new(side).unwrap();
+            for t in [0.05, 0.3, 0.9] {
+                let pairs: Vec<(Result<Image<f32>>, Result<Image<f64>>)> = vec![
+                    (
+                        Machine::local(narrow_set.clone(), LegacyCosine, local.clone())
+                            .unwrap()
+                            .x0_hat(&narrow_query, t, None),
+                        Machine::local(wide_set.clone(), LegacyCosine, local.clone())
+                            .unwrap()
+                            .x0_hat(&wide_query, t, None),
+                    ),
+                    (
+                        Machine::equivariant_local(narrow_set.clone(), LegacyCosine, local.clone())
+                            .unwrap()
+                            .x0_hat(&narrow_query, t, None),
+                        Machine::equivariant_local(wide_set.clone(), LegacyCosine, local.clone())
+                            .unwrap()
+                            .x0_hat(&wide_query, t, None),
+                    ),
+                    (
+                        Machine::equivariant_local_periodic(
+                            narrow_set.clone(),
+                            LegacyCosine,
+                            local.clone(),
+                        )
+                        .unwrap()
+                        .x0_hat(&narrow_query, t, None),
+                        Machine::equivariant_local_periodic(
+                            wide_set.clone(),
+                            LegacyCosine,
+                            local.clone(),
+                        )
+                        .unwrap()
+                        .x0_hat(&wide_query, t, None),
+                    ),
+                    (
+                        Machine::equivariant_local_zero_padded(
+                            narrow_set.clone(),
+                            LegacyCosine,
+                            local.clone(),
+                        )
+                        .unwrap()
+                        .x0_hat(&narrow_query, t, None),
+                        Machine::equivariant_local_zero_padded(
+                            wide_set.clone(),
+                            LegacyCosine,
+                            local.clone(),
+                        )
+                        .unwrap()
+                        .x0_hat(&wide_query, t, None),
+                    ),
+                ];
+                for (index, (narrow, wide)) in pairs.into_iter().enumerate() {
+                    match (narrow, wide) {
+                        (Ok(narrow), Ok(wide)) => {
+                            for (a, b) in narrow.as_slice().iter().zip(wide.as_slice()) {
+                                let error = (*a as f64 - b).abs() / b.abs().max(1.0);
+                                assert!(
+                                    error < 2e-5,
+                                    "machine {index}, k {side}, t {t}: {a} vs {b}"
+                                );
+                            }
+                        }
+                        (Err(Error::NoCandidates(_)), Err(Error::NoCandidates(_))) => {}
+                        (a, b) => panic!(
+                            "machine {index}, k {side}, t {t}: {:?} vs {:?}",
+                            a.err(),
+                            b.err()
+                        ),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

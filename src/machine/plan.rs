@@ -144,8 +144,21 @@ impl Plan {
     }
 
     /// Writes `image` (channel-major, unpadded) into `padded` with this
-    /// plan's margins and boundary, as `f64`.
-    pub fn pad<T: crate::Real>(&self, image: &[T], padded: &mut [f64]) {
+    /// plan's margins and boundary.
+    pub fn pad<T: crate::Real, U: crate::Real>(&self, image: &[T], padded: &mut [U]) {
+        self.pad_into(image, padded, self.padded_width, 0);
+    }
+
+    /// As [`Plan::pad`], into planes of `out_width >= padded_width`
+    /// columns with the padded image starting at column `col_offset`;
+    /// other columns are left as they are.
+    pub fn pad_into<T: crate::Real, U: crate::Real>(
+        &self,
+        image: &[T],
+        padded: &mut [U],
+        out_width: usize,
+        col_offset: usize,
+    ) {
         let Shape {
             channels,
             height,
@@ -155,16 +168,16 @@ impl Plan {
         let (up, left) = (self.patch.up() as isize, self.patch.left() as isize);
         for c in 0..channels {
             let plane = &image[c * height * width..(c + 1) * height * width];
-            let out = &mut padded[c * ph * pw..(c + 1) * ph * pw];
+            let out = &mut padded[c * ph * out_width..(c + 1) * ph * out_width];
             for i in 0..ph {
                 let row = i as isize - up;
                 let source_row = match self.boundary {
                     Boundary::Periodic => Some(row.rem_euclid(height as isize) as usize),
                     Boundary::Zero => (0..height as isize).contains(&row).then_some(row as usize),
                 };
-                let out_row = &mut out[i * pw..(i + 1) * pw];
+                let out_row = &mut out[i * out_width + col_offset..][..pw];
                 let Some(source_row) = source_row else {
-                    out_row.fill(0.0);
+                    out_row.fill(U::zero());
                     continue;
                 };
                 let source = &plane[source_row * width..(source_row + 1) * width];
@@ -172,12 +185,12 @@ impl Plan {
                     let col = j as isize - left;
                     *o = match self.boundary {
                         Boundary::Periodic => {
-                            source[col.rem_euclid(width as isize) as usize].widen()
+                            U::narrow(source[col.rem_euclid(width as isize) as usize].widen())
                         }
                         Boundary::Zero if (0..width as isize).contains(&col) => {
-                            source[col as usize].widen()
+                            U::narrow(source[col as usize].widen())
                         }
-                        Boundary::Zero => 0.0,
+                        Boundary::Zero => U::zero(),
                     };
                 }
             }

@@ -108,6 +108,33 @@ impl PartialPosterior {
         }
     }
 
+    /// Merges, at one output position, a part with minimum distance
+    /// `min_distance`, normaliser `normaliser` and channel sums
+    /// `sum(c)` (all relative to `min_distance`).
+    #[inline]
+    pub(crate) fn merge_position(
+        &mut self,
+        position: usize,
+        min_distance: f64,
+        normaliser: f64,
+        sum: impl Fn(usize) -> f64,
+    ) {
+        let positions = self.shape.positions();
+        let mine = self.min_distance[position];
+        let minimum = mine.min(min_distance);
+        if minimum == f64::INFINITY {
+            return;
+        }
+        let w_mine = relative_weight(mine, minimum, self.beta);
+        let w_theirs = relative_weight(min_distance, minimum, self.beta);
+        self.normaliser[position] = self.normaliser[position] * w_mine + normaliser * w_theirs;
+        for c in 0..self.shape.channels {
+            let i = c * positions + position;
+            self.sums[i] = self.sums[i] * w_mine + sum(c) * w_theirs;
+        }
+        self.min_distance[position] = minimum;
+    }
+
     /// Merges a part over a disjoint set of candidates into this one.
     ///
     /// # Errors
@@ -156,20 +183,12 @@ impl PartialPosterior {
         }
         let positions = self.shape.positions();
         for position in 0..positions {
-            let (mine, theirs) = (self.min_distance[position], other.min_distance[position]);
-            let minimum = mine.min(theirs);
-            if minimum == f64::INFINITY {
-                continue;
-            }
-            let w_mine = relative_weight(mine, minimum, self.beta);
-            let w_theirs = relative_weight(theirs, minimum, self.beta);
-            self.normaliser[position] =
-                self.normaliser[position] * w_mine + other.normaliser[position] * w_theirs;
-            for c in 0..self.shape.channels {
-                let i = c * positions + position;
-                self.sums[i] = self.sums[i] * w_mine + other.sums[i] * w_theirs;
-            }
-            self.min_distance[position] = minimum;
+            self.merge_position(
+                position,
+                other.min_distance[position],
+                other.normaliser[position],
+                |c| other.sums[c * positions + position],
+            );
         }
         Ok(())
     }
@@ -185,7 +204,7 @@ impl PartialPosterior {
             return Err(Error::shape("output image shape", self.shape, out.shape()));
         }
         let positions = self.shape.positions();
-        if let Some(position) = self.normaliser.iter().position(|&z| !(z > 0.0)) {
+        if let Some(position) = self.normaliser.iter().position(|&z| z.is_nan() || z <= 0.0) {
             return Err(Error::NoCandidates(format!(
                 "output pixel (row {}, col {}) has no candidate patch",
                 position / self.shape.width,
