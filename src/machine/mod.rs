@@ -481,6 +481,8 @@ mod tests {
         assert_eq!(out.as_slice(), set.image(2));
     }
 
+    type Pair = (Result<Image<f32>>, Result<Image<f64>>);
+
     /// The `f32` lane kernel against the `f64` kernel on the same values.
     #[test]
     fn lane_kernel_matches_f64_kernel() {
@@ -499,7 +501,7 @@ mod tests {
         for side in [1, 3, 5, 9, 15] {
             let local = SquarePatch::new(side).unwrap();
             for t in [0.05, 0.3, 0.9] {
-                let pairs: Vec<(Result<Image<f32>>, Result<Image<f64>>)> = vec![
+                let pairs: Vec<Pair> = vec![
                     (
                         Machine::local(narrow_set.clone(), LegacyCosine, local.clone())
                             .unwrap()
