@@ -36,10 +36,6 @@ pub(crate) fn accumulate(
     posterior: &mut PartialPosterior,
     scratch: &mut Scratch,
 ) {
-    if plan.global {
-        accumulate_global(plan, query, image, signal, posterior);
-        return;
-    }
     for rows in &plan.rows.shifts {
         for cols in &plan.cols.shifts {
             let (height, width) = (plan.patch.height(), plan.patch.width());
@@ -60,35 +56,6 @@ pub(crate) fn accumulate(
 #[inline]
 fn centre_offset(plan: &Plan, row: usize, col: usize) -> usize {
     (row + plan.patch.up()) * plan.padded_width + col + plan.patch.left()
-}
-
-fn accumulate_global(
-    plan: &Plan,
-    query: &[f64],
-    image: &[f64],
-    signal: f64,
-    posterior: &mut PartialPosterior,
-) {
-    let shape = plan.shape;
-    let stride = plan.padded_height * plan.padded_width;
-    let mut distance = 0.0;
-    for c in 0..shape.channels {
-        for row in 0..shape.height {
-            let start = c * stride + centre_offset(plan, row, 0);
-            let q = &query[start..start + shape.width];
-            let p = &image[start..start + shape.width];
-            for (qv, pv) in q.iter().zip(p) {
-                let r = qv - signal * pv;
-                distance += r * r;
-            }
-        }
-    }
-    for row in 0..shape.height {
-        for col in 0..shape.width {
-            let offset = centre_offset(plan, row, col);
-            posterior.add(row * shape.width + col, distance, &image[offset..], stride);
-        }
-    }
 }
 
 fn direct(

@@ -5,6 +5,7 @@ mod fast;
 mod kernel;
 mod plan;
 mod posterior;
+mod whole;
 
 use std::collections::BTreeMap;
 
@@ -287,6 +288,12 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 .ok_or(Error::UnknownClass(label))?,
         };
         let plan = Plan::new(shape, &self.locality.window(t), &self.equivariance)?;
+        if plan.global {
+            let query = x.as_slice();
+            return Ok(self.reduce(&rows, 256, beta, |rows| {
+                whole::whole_image(&self.training, rows, query, signal, beta)
+            }));
+        }
         let fast = T::as_f32(self.training.as_slice()).filter(|_| {
             let beta32 = beta as f32;
             !plan.global

@@ -38,7 +38,7 @@ pub struct PartialPosterior {
 }
 
 #[inline]
-fn relative_weight(distance: f64, minimum: f64, beta: f64) -> f64 {
+pub(crate) fn relative_weight(distance: f64, minimum: f64, beta: f64) -> f64 {
     if distance == minimum {
         1.0
     } else if distance == f64::INFINITY {
