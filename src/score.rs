@@ -197,13 +197,13 @@ pub fn convert_in_place<T: Real>(
     }
     let (a, s) = (schedule.signal(t), schedule.noise(t));
     let needs_s = matches!(from, Prediction::Score) || !matches!(to, Prediction::CleanImage);
-    if needs_s && !(s > 0.0) {
+    if needs_s && (s.is_nan() || s <= 0.0) {
         return Err(Error::InvalidTime {
             t,
             reason: "the noise and the score need s(t) > 0",
         });
     }
-    if matches!(to, Prediction::CleanImage) && !(a > 0.0) {
+    if matches!(to, Prediction::CleanImage) && (a.is_nan() || a <= 0.0) {
         return Err(Error::InvalidTime {
             t,
             reason: "the clean image from a noise or score prediction needs a(t) > 0",

@@ -41,7 +41,7 @@ impl<T: Real> TrainingSet<T> {
         if data.is_empty() {
             return Err(Error::EmptyTrainingSet(String::new()));
         }
-        if data.len() % shape.len() != 0 {
+        if !data.len().is_multiple_of(shape.len()) {
             return Err(Error::shape(
                 "training buffer length (a multiple of the image size)",
                 format!("k * {}", shape.len()),

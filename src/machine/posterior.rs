@@ -185,7 +185,7 @@ impl PartialPosterior {
             return Err(Error::shape("output image shape", self.shape, out.shape()));
         }
         let positions = self.shape.positions();
-        if let Some(position) = self.normaliser.iter().position(|&z| !(z > 0.0)) {
+        if let Some(position) = self.normaliser.iter().position(|&z| z.is_nan() || z <= 0.0) {
             return Err(Error::NoCandidates(format!(
                 "output pixel (row {}, col {}) has no candidate patch",
                 position / self.shape.width,
