@@ -19,6 +19,13 @@
 //! [`ClosureScore`] (a trained network, say), so that machines and networks
 //! are sampled, calibrated and compared through one interface.
 //!
+//! With the `testing` feature, the module `score_machines::testing` offers
+//! proptest strategies for images, training sets, times and schedules,
+//! checks of the properties the theory promises (locality, translation
+//! equivariance, convexity, consistency of the predictions, permutation
+//! invariance, class conditioning) for any score function, and
+//! measurements of its receptive field and equivariance error.
+//!
 //! ```
 //! use score_machines::prelude::*;
 //!
@@ -44,6 +51,8 @@ mod machine;
 mod real;
 pub mod schedule;
 pub mod score;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod training;
 
 pub use error::{Error, Result};
