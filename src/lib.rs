@@ -17,7 +17,9 @@
 //!
 //! and implements [`ScoreFunction`], as does any closure wrapped in
 //! [`ClosureScore`] (a trained network, say), so that machines and networks
-//! are sampled, calibrated and compared through one interface.
+//! are sampled, calibrated and compared through one interface. The
+//! [`sampler`] module runs DDIM, DDPM and probability-flow ODE samplers on
+//! any of them, with an observer hook at every step.
 //!
 //! With the `testing` feature, the module `score_machines::testing` offers
 //! proptest strategies for images, training sets, times and schedules,
@@ -49,6 +51,7 @@ mod image;
 pub mod locality;
 mod machine;
 mod real;
+pub mod sampler;
 pub mod schedule;
 pub mod score;
 #[cfg(feature = "testing")]
@@ -71,6 +74,10 @@ pub mod prelude {
         Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded,
     };
     pub use crate::locality::{Locality, Patch, ScaleSchedule, SquarePatch, WholeImage, Window};
+    pub use crate::sampler::{
+        Completion, Method, NoObserver, Observer, Sampler, StepRecord, Trajectory, Workspace,
+        initial_noise,
+    };
     pub use crate::schedule::{
         Cosine, Exponential, LegacyCosine, LinearBeta, NoiseSchedule, VarianceExploding,
     };

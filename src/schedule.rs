@@ -35,6 +35,45 @@ pub trait NoiseSchedule: Send + Sync + Debug {
         let (a, s) = (self.signal(t), self.noise(t));
         a * a / (a * a + s * s)
     }
+
+    /// The time derivative `a'(t) = da/dt`.
+    ///
+    /// The default is a finite difference with step `h = 1e-6`: central,
+    /// `(a(t + h) - a(t - h)) / (2 h)`, inside `[h, 1 - h]`, and one-sided
+    /// within `h` of either end, so it never evaluates `a` outside
+    /// `[0, 1]`. Its error is about `1e-10` relative inside and `h a''/2`
+    /// at the ends. The schedules of this crate override it with the exact
+    /// derivative.
+    fn signal_derivative(&self, t: f64) -> f64 {
+        finite_difference(|u| self.signal(u), t)
+    }
+
+    /// The time derivative `s'(t) = ds/dt`.
+    ///
+    /// The default is the finite difference of
+    /// [`NoiseSchedule::signal_derivative`] applied to `s`. For a
+    /// variance-preserving schedule `s' = -a a' / s`, which is infinite
+    /// where `s = 0` and `a' != 0`; a finite difference returns a large
+    /// finite number there instead.
+    fn noise_derivative(&self, t: f64) -> f64 {
+        finite_difference(|u| self.noise(u), t)
+    }
+}
+
+/// Step of the finite-difference derivatives of [`NoiseSchedule`].
+const DERIVATIVE_STEP: f64 = 1e-6;
+
+/// `f'(t)` by a central difference inside `[h, 1 - h]` and a one-sided
+/// difference within `h` of 0 or 1, with `h = DERIVATIVE_STEP`.
+fn finite_difference(f: impl Fn(f64) -> f64, t: f64) -> f64 {
+    let h = DERIVATIVE_STEP;
+    if t < h {
+        (f(t + h) - f(t)) / h
+    } else if t > 1.0 - h {
+        (f(t) - f(t - h)) / h
+    } else {
+        (f(t + h) - f(t - h)) / (2.0 * h)
+    }
 }
 
 macro_rules! forward_schedule {
@@ -48,6 +87,12 @@ macro_rules! forward_schedule {
             }
             fn alpha_bar(&self, t: f64) -> f64 {
                 (**self).alpha_bar(t)
+            }
+            fn signal_derivative(&self, t: f64) -> f64 {
+                (**self).signal_derivative(t)
+            }
+            fn noise_derivative(&self, t: f64) -> f64 {
+                (**self).noise_derivative(t)
             }
         }
     )*};
@@ -69,7 +114,9 @@ pub(crate) fn check_time(t: f64) -> Result<()> {
 /// The schedule of the reference code:
 /// `abar(t) = cos^2( (t / 1.008) * pi / 2 )`, so `abar(1) ~ 1.5e-4`.
 ///
-/// `a = sqrt(abar)`, `s = sqrt(1 - abar)`.
+/// `a = sqrt(abar) = cos(theta)`, `s = sqrt(1 - abar) = sin(theta)` with
+/// `theta = k t`, `k = pi / (2 * 1.008)`; so `a' = -k sin(theta)` and
+/// `s' = k cos(theta)`, finite on all of `[0, 1]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LegacyCosine;
 
@@ -85,10 +132,26 @@ impl NoiseSchedule for LegacyCosine {
     fn alpha_bar(&self, t: f64) -> f64 {
         (t / 1.008 * FRAC_PI_2).cos().powi(2)
     }
+
+    fn signal_derivative(&self, t: f64) -> f64 {
+        let rate = FRAC_PI_2 / 1.008;
+        -rate * (t / 1.008 * FRAC_PI_2).sin()
+    }
+
+    fn noise_derivative(&self, t: f64) -> f64 {
+        let rate = FRAC_PI_2 / 1.008;
+        rate * (t / 1.008 * FRAC_PI_2).cos()
+    }
 }
 
 /// The cosine schedule with offset of Nichol & Dhariwal:
 /// `abar(t) = f(t) / f(0)`, `f(t) = cos^2( (t + o) / (1 + o) * pi / 2 )`.
+///
+/// With `phi = (t + o) / (1 + o) * pi / 2` and `k = pi / (2 (1 + o))`:
+/// `a = cos(phi) / cos(phi_0)`, `a' = -k sin(phi) / cos(phi_0)` and
+/// `s' = -a a' / s`, which is `+infinity` at `t = 0` (there `s` grows like
+/// `sqrt(t)`). Note `a(1) = cos(pi / 2) / cos(phi_0)`, about `6e-17`:
+/// recovering `x0hat` from a noise prediction at `t = 1` divides by it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cosine {
     offset: f64,
@@ -135,6 +198,23 @@ impl NoiseSchedule for Cosine {
     fn alpha_bar(&self, t: f64) -> f64 {
         (self.f(t) / self.f(0.0)).clamp(0.0, 1.0)
     }
+
+    fn signal_derivative(&self, t: f64) -> f64 {
+        let rate = FRAC_PI_2 / (1.0 + self.offset);
+        let phi = |u: f64| (u + self.offset) * rate;
+        -rate * phi(t).sin() / phi(0.0).cos()
+    }
+
+    fn noise_derivative(&self, t: f64) -> f64 {
+        variance_preserving_noise_derivative(self, t)
+    }
+}
+
+/// `s' = -a a' / s` for a schedule with `a^2 + s^2 = 1`; `+infinity` where
+/// `s = 0` and `a a' < 0`.
+fn variance_preserving_noise_derivative(schedule: &impl NoiseSchedule, t: f64) -> f64 {
+    let (signal, noise) = (schedule.signal(t), schedule.noise(t));
+    -signal * schedule.signal_derivative(t) / noise
 }
 
 /// The DDPM schedule: `beta_j` linear from `beta_1` to `beta_T` over `T`
@@ -213,6 +293,9 @@ impl NoiseSchedule for LinearBeta {
 }
 
 /// `abar(t) = exp(-rate * t)`, variance preserving (rate 2 by default).
+///
+/// `a = exp(-rate t / 2)`, `a' = -(rate / 2) a`, `s' = -a a' / s`, which is
+/// `+infinity` at `t = 0`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Exponential {
     rate: f64,
@@ -253,10 +336,20 @@ impl NoiseSchedule for Exponential {
     fn alpha_bar(&self, t: f64) -> f64 {
         (-self.rate * t).exp()
     }
+
+    fn signal_derivative(&self, t: f64) -> f64 {
+        -0.5 * self.rate * self.signal(t)
+    }
+
+    fn noise_derivative(&self, t: f64) -> f64 {
+        variance_preserving_noise_derivative(self, t)
+    }
 }
 
 /// Variance exploding, geometric: `a = 1`,
 /// `s(t) = sigma_min * (sigma_max / sigma_min)^t`.
+///
+/// `a' = 0` and `s' = s ln(sigma_max / sigma_min)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct VarianceExploding {
     sigma_min: f64,
@@ -305,6 +398,14 @@ impl NoiseSchedule for VarianceExploding {
     fn noise(&self, t: f64) -> f64 {
         self.sigma_min * (self.sigma_max / self.sigma_min).powf(t)
     }
+
+    fn signal_derivative(&self, _t: f64) -> f64 {
+        0.0
+    }
+
+    fn noise_derivative(&self, t: f64) -> f64 {
+        self.noise(t) * (self.sigma_max / self.sigma_min).ln()
+    }
 }
 
 #[cfg(test)]
@@ -352,6 +453,90 @@ mod tests {
         let s = VarianceExploding::new(0.1, 10.0).unwrap();
         assert!((s.noise(0.5) - 1.0).abs() < 1e-12);
         assert_eq!(s.signal(0.7), 1.0);
+    }
+
+    /// The exact derivatives agree with the finite difference of the trait's
+    /// default: to `1e-8` relative inside `(0, 1)`, where the central
+    /// difference is accurate to about `1e-10`, and to `1e-5` relative at
+    /// `t = 1`, where the one-sided difference is first order in `h`.
+    #[test]
+    fn exact_derivatives_match_finite_differences() {
+        let schedules: Vec<Box<dyn NoiseSchedule>> = vec![
+            Box::new(LegacyCosine),
+            Box::new(Cosine::default()),
+            Box::new(Exponential::default()),
+            Box::new(VarianceExploding::default()),
+        ];
+        let close = |exact: f64, numeric: f64, tolerance: f64| {
+            (exact - numeric).abs() <= tolerance * (1.0 + exact.abs())
+        };
+        for schedule in &schedules {
+            for (t, tolerance) in [
+                (0.05, 1e-8),
+                (0.25, 1e-8),
+                (0.5, 1e-8),
+                (0.75, 1e-8),
+                (0.95, 1e-8),
+                (1.0, 1e-5),
+            ] {
+                let numeric_a = finite_difference(|u| schedule.signal(u), t);
+                let numeric_s = finite_difference(|u| schedule.noise(u), t);
+                let (exact_a, exact_s) =
+                    (schedule.signal_derivative(t), schedule.noise_derivative(t));
+                assert!(
+                    close(exact_a, numeric_a, tolerance),
+                    "{schedule:?} a'({t}): exact {exact_a}, numeric {numeric_a}"
+                );
+                assert!(
+                    close(exact_s, numeric_s, tolerance),
+                    "{schedule:?} s'({t}): exact {exact_s}, numeric {numeric_s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn derivative_endpoint_values() {
+        let rate = FRAC_PI_2 / 1.008;
+        assert_eq!(LegacyCosine.signal_derivative(0.0), 0.0);
+        assert!((LegacyCosine.noise_derivative(0.0) - rate).abs() < 1e-15);
+        assert_eq!(Cosine::default().noise_derivative(0.0), f64::INFINITY);
+        assert_eq!(Exponential::default().noise_derivative(0.0), f64::INFINITY);
+        assert!((Exponential::default().signal_derivative(0.0) + 1.0).abs() < 1e-15);
+        let ve = VarianceExploding::new(0.1, 10.0).unwrap();
+        assert!((ve.noise_derivative(0.5) - 100f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn default_derivative_is_one_sided_at_the_ends() {
+        // A schedule that panics outside [0, 1] shows the default never
+        // leaves the interval.
+        #[derive(Debug)]
+        struct Strict;
+        impl NoiseSchedule for Strict {
+            fn signal(&self, t: f64) -> f64 {
+                assert!((0.0..=1.0).contains(&t), "signal evaluated at {t}");
+                1.0 - t * t
+            }
+            fn noise(&self, t: f64) -> f64 {
+                assert!((0.0..=1.0).contains(&t), "noise evaluated at {t}");
+                t
+            }
+        }
+        assert!(Strict.signal_derivative(0.0).abs() < 1e-5);
+        assert!((Strict.signal_derivative(1.0) + 2.0).abs() < 1e-5);
+        assert!((Strict.signal_derivative(0.5) + 1.0).abs() < 1e-9);
+        assert!((Strict.noise_derivative(1.0) - 1.0).abs() < 1e-9);
+        // Forwarded through references and boxes.
+        let boxed: Box<dyn NoiseSchedule> = Box::new(LegacyCosine);
+        assert_eq!(
+            boxed.noise_derivative(0.3),
+            LegacyCosine.noise_derivative(0.3)
+        );
+        assert_eq!(
+            NoiseSchedule::signal_derivative(&&Strict, 0.5),
+            Strict.signal_derivative(0.5)
+        );
     }
 
     #[test]
