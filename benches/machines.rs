@@ -21,7 +21,9 @@ use score_machines::sampler::{Method, Sampler, initial_noise};
 const SIDES: [usize; 4] = [3, 7, 15, 27];
 const SIZES: [usize; 2] = [1000, 5000];
 /// The scale schedule published for a zero-padded MNIST ResNet.
-const SCALES: [usize; 20] = [3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15];
+const SCALES: [usize; 20] = [
+    3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15,
+];
 
 fn mnist_dir() -> PathBuf {
     let data = std::env::var_os("SCORE_MACHINES_DATA")
@@ -46,18 +48,18 @@ fn query(t: f64) -> Image<f32> {
     Image::from_vec(digit.shape(), pixels).expect("same shape")
 }
 
-fn bench_machine<E: Equivariance>(
+fn bench_machine<E: Equivariance + Clone>(
     c: &mut Criterion,
     name: &str,
     training: &TrainingSet<f32>,
     equivariance: E,
     x: &Image<f32>,
-) where
-    E: Clone,
-{
+) {
     let t = 0.5;
     let mut group = c.benchmark_group(format!("{name}/n={}", training.len()));
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
     for side in SIDES {
         let machine = Machine::new(
             training.clone(),
@@ -70,7 +72,11 @@ fn bench_machine<E: Equivariance>(
         group.throughput(Throughput::Elements(comparisons as u64));
         let mut out = Image::zeros(x.shape());
         group.bench_with_input(BenchmarkId::new("k", side), &side, |b, _| {
-            b.iter(|| machine.x0_hat_into(x, t, None, &mut out).expect("evaluation"))
+            b.iter(|| {
+                machine
+                    .x0_hat_into(x, t, None, &mut out)
+                    .expect("evaluation")
+            })
         });
     }
     group.finish();
@@ -84,11 +90,17 @@ fn evaluations(c: &mut Criterion) {
 
         let ideal = Machine::ideal(training.clone(), LegacyCosine).expect("machine");
         let mut group = c.benchmark_group(format!("is/n={size}"));
-        group.sample_size(10).warm_up_time(Duration::from_millis(500));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500));
         group.throughput(Throughput::Elements((size * x.shape().len()) as u64));
         let mut out = Image::zeros(x.shape());
         group.bench_function("whole", |b| {
-            b.iter(|| ideal.x0_hat_into(&x, 0.5, None, &mut out).expect("evaluation"))
+            b.iter(|| {
+                ideal
+                    .x0_hat_into(&x, 0.5, None, &mut out)
+                    .expect("evaluation")
+            })
         });
         group.finish();
 
@@ -105,7 +117,9 @@ fn sampling(c: &mut Criterion) {
     let machine = Machine::equivariant_local(training, LegacyCosine, scales).expect("machine");
     let sampler = Sampler::new(Method::Ddim, 20).expect("steps");
     let mut group = c.benchmark_group("sample/els/n=1000");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
     group.bench_function("ddim-20", |b| {
         b.iter(|| {
             sampler

@@ -42,7 +42,9 @@ usage: generate [options]
 
 /// Scale schedule for 28x28 images: the one published for a zero-padded
 /// MNIST ResNet, entry j for the step at t = (j + 1) / 20.
-const SCALES_28: [usize; 20] = [3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15];
+const SCALES_28: [usize; 20] = [
+    3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15,
+];
 
 /// Scale schedule for 8x8 images: small patches at low noise, growing
 /// with the noise level (the largest with interior candidates is 7).
@@ -154,7 +156,9 @@ fn sampler_method(name: &str, seed: u64) -> Result<Method, String> {
         "ddpm" => Ok(Method::Ddpm { seed }),
         "euler" => Ok(Method::Euler),
         "heun" => Ok(Method::Heun),
-        other => Err(format!("unknown sampler {other:?} (ddim, ddpm, euler or heun)")),
+        other => Err(format!(
+            "unknown sampler {other:?} (ddim, ddpm, euler or heun)"
+        )),
     }
 }
 
@@ -172,7 +176,11 @@ fn run(options: Options) -> Result<(), String> {
         (Some(sides), _) => sides.clone(),
         (None, Some(k)) => vec![k; options.steps],
         (None, None) => {
-            let base: &[usize] = if shape.height.max(shape.width) >= 24 { &SCALES_28 } else { &SCALES_8 };
+            let base: &[usize] = if shape.height.max(shape.width) >= 24 {
+                &SCALES_28
+            } else {
+                &SCALES_8
+            };
             if options.steps == base.len() {
                 base.to_vec()
             } else {
@@ -195,8 +203,12 @@ fn run(options: Options) -> Result<(), String> {
     let sampler = Sampler::new(method, options.steps).map_err(|e| e.to_string())?;
 
     let score: Box<dyn ScoreFunction<f32>> = match options.machine.as_str() {
-        "is" => Box::new(Machine::ideal(training.clone(), LegacyCosine).map_err(|e| e.to_string())?),
-        "ls" => Box::new(Machine::local(training.clone(), LegacyCosine, locality).map_err(|e| e.to_string())?),
+        "is" => {
+            Box::new(Machine::ideal(training.clone(), LegacyCosine).map_err(|e| e.to_string())?)
+        }
+        "ls" => Box::new(
+            Machine::local(training.clone(), LegacyCosine, locality).map_err(|e| e.to_string())?,
+        ),
         "els" => Box::new(
             Machine::equivariant_local(training.clone(), LegacyCosine, locality)
                 .map_err(|e| e.to_string())?,
@@ -209,7 +221,12 @@ fn run(options: Options) -> Result<(), String> {
     };
 
     let source = match &options.mnist {
-        Some(dir) => format!("{} rows {}..{}", dir.display(), options.rows.start, options.rows.end),
+        Some(dir) => format!(
+            "{} rows {}..{}",
+            dir.display(),
+            options.rows.start,
+            options.rows.end
+        ),
         None => "embedded UCI digits".to_string(),
     };
     println!(
@@ -218,14 +235,20 @@ fn run(options: Options) -> Result<(), String> {
         options.machine,
         options.steps,
         options.sampler,
-        if options.machine == "is" { Vec::new() } else { scales },
+        if options.machine == "is" {
+            Vec::new()
+        } else {
+            scales
+        },
     );
 
     let total = (options.samples * sampler.evaluations()) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} evaluations, {elapsed} elapsed, eta {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} evaluations, {elapsed} elapsed, eta {eta}",
+        )
+        .expect("valid template"),
     );
     let started = Instant::now();
     let mut samples = Vec::with_capacity(options.samples);
@@ -252,7 +275,10 @@ fn run(options: Options) -> Result<(), String> {
         } else {
             "novel"
         };
-        println!("{index:>6}  {row:>11}  {:>11.4}  {rms:>18.4}  {verdict}", squared.sqrt());
+        println!(
+            "{index:>6}  {row:>11}  {:>11.4}  {rms:>18.4}  {verdict}",
+            squared.sqrt()
+        );
         grid.push(sample.clone());
         grid.push(training.to_image(row));
     }

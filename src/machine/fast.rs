@@ -39,6 +39,24 @@ type WideLanes = [f64; LANES];
 /// exactly 0 (the fast path requires `beta >= 1e-30`).
 const NOT_A_CANDIDATE: f64 = 1e300;
 
+/// Training images per worker: about four chunks per core, each a multiple
+/// of [`FOLD_EVERY`], so that most folds start from a known minimum.
+pub(crate) fn chunk_len(images: usize) -> usize {
+    #[cfg(feature = "parallel")]
+    let workers = rayon::current_num_threads().max(1);
+    #[cfg(not(feature = "parallel"))]
+    let workers = 1;
+    let per_worker = images.div_ceil(4 * workers);
+    per_worker.div_ceil(FOLD_EVERY).max(1) * FOLD_EVERY
+}
+
+/// Candidates with `beta (d - m) > NEGLIGIBLE` on all eight lanes, where `m`
+/// is each lane's smallest distance so far (never below the final minimum
+/// of the output pixel), are skipped: each such weight is below
+/// `exp(-32) = 1.3e-14` of the largest, so even `10^7` of them change an
+/// output pixel by less than `1.3e-7` of the range of the training values.
+const NEGLIGIBLE: f32 = 32.0;
+
 /// Training images whose lane states are folded together into `f64`.
 pub(crate) const FOLD_EVERY: usize = 16;
 
@@ -144,7 +162,10 @@ impl LaneState {
         }
     }
 
-    /// Moves every lane into `posterior` and clears the state.
+    /// Moves every lane into `posterior` and clears the state, keeping as
+    /// every lane's reference distance the smallest distance the posterior
+    /// has seen at that position, so that later candidates far above it
+    /// are recognised as negligible.
     fn fold_into(&mut self, posterior: &mut PartialPosterior) {
         let positions = self.min.len();
         for position in 0..positions {
@@ -160,7 +181,7 @@ impl LaneState {
                     );
                 }
             }
-            self.min[position] = [f64::INFINITY; LANES];
+            self.min[position] = [posterior.min_distances()[position]; LANES];
             self.normaliser[position] = [0.0; LANES];
         }
         self.sums.fill([0.0; LANES]);
@@ -211,6 +232,13 @@ impl LaneJob<'_> {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: the CPU supports AVX-512F and VL, hence AVX2 and
+                // FMA, checked just above.
+                unsafe { avx2::run_avx512(self, images, scratch, posterior) };
+                return;
+            }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports AVX2 and FMA, checked just above.
                 unsafe { avx2::run(self, images, scratch, posterior) };
@@ -236,6 +264,8 @@ trait Vector: Copy {
     /// Lane-wise `if self > 0 { if_positive } else { otherwise }`.
     fn select_positive(self, if_positive: Self, otherwise: Self) -> Self;
     fn abs(self) -> Self;
+    /// Whether every lane is below `threshold`.
+    fn all_below(self, threshold: f32) -> bool;
     /// `exp(-self)` for lanes `>= 0`, as [`exp_non_positive`].
     fn exp_negated(self) -> Self;
 }
@@ -310,6 +340,10 @@ impl Vector for Portable {
     #[inline(always)]
     fn abs(self) -> Self {
         Portable(std::array::from_fn(|l| self.0[l].abs()))
+    }
+    #[inline(always)]
+    fn all_below(self, threshold: f32) -> bool {
+        self.0.iter().all(|&v| v < threshold)
     }
     #[inline(always)]
     fn exp_negated(self) -> Self {
@@ -408,6 +442,22 @@ mod avx2 {
         run_with::<Avx>(job, images, scratch, posterior);
     }
 
+    /// As [`run`], compiled for AVX-512 so that the same eight-lane code
+    /// has 32 vector registers.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    pub(super) unsafe fn run_avx512<'i>(
+        job: &LaneJob<'_>,
+        images: impl Iterator<Item = &'i [f32]>,
+        scratch: &mut LaneScratch,
+        posterior: &mut PartialPosterior,
+    ) {
+        run_with::<Avx>(job, images, scratch, posterior);
+    }
+
     // SAFETY (every block below): an `Avx` or `AvxWide` value exists only
     // inside `run`, entered after the AVX2 and FMA check, and every pointer
     // read or write covers exactly eight values inside the borrowed array,
@@ -449,6 +499,13 @@ mod avx2 {
         #[inline(always)]
         fn abs(self) -> Self {
             unsafe { Avx(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0)) }
+        }
+        #[inline(always)]
+        fn all_below(self, threshold: f32) -> bool {
+            unsafe {
+                let below = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, _mm256_set1_ps(threshold));
+                _mm256_movemask_ps(below) == 0xff
+            }
         }
         #[inline(always)]
         fn exp_negated(self) -> Self {
@@ -746,6 +803,9 @@ fn displacement_block<V: Vector>(
                 .select_mask(mask, not_a_candidate);
             let minimum = V::Wide::load(m);
             let exponent = minimum.sub(distance).mul(beta).narrow();
+            if exponent.all_below(-NEGLIGIBLE) {
+                continue;
+            }
             distance.min(minimum).store(m);
             let e = exponent.abs().exp_negated();
             let rescale = exponent.select_positive(e, one);

@@ -338,7 +338,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             );
             posterior
         };
-        self.reduce(rows, fast::FOLD_EVERY * 2, beta, chunk)
+        self.reduce(rows, fast::chunk_len(rows.len()), beta, chunk)
     }
 
     /// Splits `rows` into chunks, evaluates each (on every core with the
