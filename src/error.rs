@@ -65,8 +65,8 @@ pub enum Error {
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
 
-    /// A file that cannot be opened or read.
-    #[error("cannot read {path}: {source}")]
+    /// A file that cannot be opened, read, created or written.
+    #[error("cannot access {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,

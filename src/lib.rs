@@ -48,6 +48,8 @@
 pub mod equivariance;
 mod error;
 mod image;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod locality;
 mod machine;
 mod real;
