@@ -27,7 +27,8 @@ usage: generate [options]
   --mnist DIR        train on IDX files in DIR (MNIST or Fashion-MNIST);
                      default: the embedded 8x8 UCI digits
   --rows A..B        training rows of the IDX files (default 0..5000)
-  --machine M        is | ls | els | bbels (default els)
+  --machine M        is | ls | els | bbels (default bbels: ELS with
+                     zero-padded windows)
   --scales K,K,...   one odd patch side per step, low noise first
   --k K              one patch side for every step (instead of --scales)
   --steps N          sampler steps (default 20)
@@ -46,9 +47,9 @@ const SCALES_28: [usize; 20] = [
     3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15,
 ];
 
-/// Scale schedule for 8x8 images: small patches at low noise, growing
-/// with the noise level (the largest with interior candidates is 7).
-const SCALES_8: [usize; 20] = [1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5];
+/// Scale schedule for 8x8 images: 3x3 patches at low noise, growing to
+/// 7x7 (the largest patch with interior candidates) at high noise.
+const SCALES_8: [usize; 20] = [3, 3, 3, 3, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7];
 
 #[derive(Debug)]
 struct Options {
@@ -87,7 +88,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut options = Options {
         mnist: None,
         rows: 0..5000,
-        machine: "els".into(),
+        machine: "bbels".into(),
         scales: None,
         k: None,
         steps: 20,
