@@ -61,6 +61,11 @@ pub mod testing;
 mod training;
 
 pub use error::{Error, Result};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(all(doctest, feature = "io"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use image::{Image, Shape};
 pub use machine::{
     EquivariantLocalScore, EquivariantScore, IdealScore, LocalScore, Machine, PartialPosterior,
