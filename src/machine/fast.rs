@@ -232,13 +232,6 @@ impl LaneJob<'_> {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
-            {
-                // SAFETY: the CPU supports AVX-512F and VL, hence AVX2 and
-                // FMA, checked just above.
-                unsafe { avx2::run_avx512(self, images, scratch, posterior) };
-                return;
-            }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports AVX2 and FMA, checked just above.
                 unsafe { avx2::run(self, images, scratch, posterior) };
@@ -434,22 +427,6 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run<'i>(
-        job: &LaneJob<'_>,
-        images: impl Iterator<Item = &'i [f32]>,
-        scratch: &mut LaneScratch,
-        posterior: &mut PartialPosterior,
-    ) {
-        run_with::<Avx>(job, images, scratch, posterior);
-    }
-
-    /// As [`run`], compiled for AVX-512 so that the same eight-lane code
-    /// has 32 vector registers.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX-512F and AVX-512VL.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-    pub(super) unsafe fn run_avx512<'i>(
         job: &LaneJob<'_>,
         images: impl Iterator<Item = &'i [f32]>,
         scratch: &mut LaneScratch,
