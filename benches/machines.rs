@@ -110,6 +110,44 @@ fn evaluations(c: &mut Criterion) {
     }
 }
 
+/// The `f32` lane kernel against the `f64` kernel on the same values, side
+/// by side: ELS on 1,000 digits.
+fn kernels(c: &mut Criterion) {
+    let narrow: TrainingSet<f32> = idx::read_mnist_rows(mnist_dir(), 0..1000).expect("MNIST");
+    let wide: TrainingSet<f64> = narrow.cast();
+    let x = query(0.5);
+    let x_wide: Image<f64> = x.cast();
+    let mut group = c.benchmark_group("kernel/els/n=1000");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
+    for side in [3, 7] {
+        let local = SquarePatch::new(side).expect("odd side");
+        let fast = Machine::equivariant_local(narrow.clone(), LegacyCosine, local.clone())
+            .expect("machine");
+        let exact = Machine::equivariant_local(wide.clone(), LegacyCosine, local).expect("machine");
+        group.throughput(Throughput::Elements(
+            fast.comparisons(0.5).expect("count") as u64
+        ));
+        let mut out = Image::zeros(x.shape());
+        group.bench_with_input(BenchmarkId::new("f32", side), &side, |b, _| {
+            b.iter(|| {
+                fast.x0_hat_into(&x, 0.5, None, &mut out)
+                    .expect("evaluation")
+            })
+        });
+        let mut out_wide = Image::zeros(x.shape());
+        group.bench_with_input(BenchmarkId::new("f64", side), &side, |b, _| {
+            b.iter(|| {
+                exact
+                    .x0_hat_into(&x_wide, 0.5, None, &mut out_wide)
+                    .expect("evaluation")
+            })
+        });
+    }
+    group.finish();
+}
+
 fn sampling(c: &mut Criterion) {
     let training: TrainingSet<f32> = idx::read_mnist_rows(mnist_dir(), 0..1000).expect("MNIST");
     let shape = training.shape();
@@ -130,5 +168,5 @@ fn sampling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, evaluations, sampling);
+criterion_group!(benches, kernels, evaluations, sampling);
 criterion_main!(benches);
