@@ -2,6 +2,8 @@
 //! machines called directly, and its handling of bad input.
 #![cfg(feature = "io")]
 
+mod reference;
+
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -216,6 +218,20 @@ fn output_matches_the_machines_called_directly() {
             largest > 0.1,
             "{options:?}: the output is not trivially zero"
         );
+    }
+
+    // The ELS output file against the brute-force reference of SPEC.
+    let (_, written) = npy::read_array::<f32>(dir.join("out2.npy")).unwrap();
+    for (x, got) in inputs.iter().zip(written.chunks(shape.len())) {
+        let problem = reference::Problem::new(&training, x, &LegacyCosine, 0.3);
+        let want = reference::equivariant_local(&problem, 5, reference::Rule::Softmax)
+            .expect("5x5 patches fit in 5x6 images");
+        for (g, w) in got.iter().zip(&want.x0_hat) {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "score example against the reference: {g} vs {w}"
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
