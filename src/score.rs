@@ -136,47 +136,31 @@ pub trait ScoreFunction<T: Real>: Send + Sync {
     }
 }
 
-impl<T: Real, F: ScoreFunction<T> + ?Sized> ScoreFunction<T> for &F {
-    fn schedule(&self) -> &dyn NoiseSchedule {
-        (**self).schedule()
-    }
-    fn shape(&self) -> Option<Shape> {
-        (**self).shape()
-    }
-    fn native(&self) -> Prediction {
-        (**self).native()
-    }
-    fn predict_native_into(
-        &self,
-        x: &Image<T>,
-        t: f64,
-        class: Option<usize>,
-        out: &mut Image<T>,
-    ) -> Result<()> {
-        (**self).predict_native_into(x, t, class, out)
-    }
+macro_rules! forward_score_function {
+    ($($wrapper:ty),*) => {$(
+        impl<T: Real, F: ScoreFunction<T> + ?Sized> ScoreFunction<T> for $wrapper {
+            fn schedule(&self) -> &dyn NoiseSchedule {
+                (**self).schedule()
+            }
+            fn shape(&self) -> Option<Shape> {
+                (**self).shape()
+            }
+            fn native(&self) -> Prediction {
+                (**self).native()
+            }
+            fn predict_native_into(
+                &self,
+                x: &Image<T>,
+                t: f64,
+                class: Option<usize>,
+                out: &mut Image<T>,
+            ) -> Result<()> {
+                (**self).predict_native_into(x, t, class, out)
+            }
+        }
+    )*};
 }
-
-impl<T: Real, F: ScoreFunction<T> + ?Sized> ScoreFunction<T> for Box<F> {
-    fn schedule(&self) -> &dyn NoiseSchedule {
-        (**self).schedule()
-    }
-    fn shape(&self) -> Option<Shape> {
-        (**self).shape()
-    }
-    fn native(&self) -> Prediction {
-        (**self).native()
-    }
-    fn predict_native_into(
-        &self,
-        x: &Image<T>,
-        t: f64,
-        class: Option<usize>,
-        out: &mut Image<T>,
-    ) -> Result<()> {
-        (**self).predict_native_into(x, t, class, out)
-    }
-}
+forward_score_function!(&F, Box<F>, std::sync::Arc<F>);
 
 /// Converts `out`, which holds prediction `from` for input `x` at `t`, into
 /// prediction `to`, in place.
