@@ -114,7 +114,7 @@ fn evaluations(c: &mut Criterion) {
 /// by side: ELS on 1,000 digits.
 fn kernels(c: &mut Criterion) {
     let narrow: TrainingSet<f32> = idx::read_mnist_rows(mnist_dir(), 0..1000).expect("MNIST");
-    let wide: TrainingSet<f64> = narrow.cast();
+    let wide: TrainingSet<f64> = narrow.cast().expect("f32 values fit in f64");
     let x = query(0.5);
     let x_wide: Image<f64> = x.cast();
     let mut group = c.benchmark_group("kernel/els/n=1000");

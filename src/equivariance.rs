@@ -40,7 +40,7 @@ impl Axis {
 
     /// Whether the window centred on `query` sticks out of the axis.
     pub fn near_edge(&self, query: usize) -> bool {
-        query < self.before || query + self.after >= self.len
+        query < self.before || query.saturating_add(self.after) >= self.len
     }
 }
 

@@ -281,12 +281,15 @@ impl<T: Real> Image<T> {
             height,
             width,
         } = self.shape;
+        // Reduce the shifts first, so that no subtraction can overflow.
+        let rows = (rows as i128).rem_euclid(height as i128) as usize;
+        let cols = (cols as i128).rem_euclid(width as i128) as usize;
         let mut out = Image::zeros(self.shape);
         for c in 0..channels {
             for i in 0..height {
-                let src_i = (i as isize - rows).rem_euclid(height as isize) as usize;
+                let src_i = (i + height - rows) % height;
                 for j in 0..width {
-                    let src_j = (j as isize - cols).rem_euclid(width as isize) as usize;
+                    let src_j = (j + width - cols) % width;
                     out.data[self.shape.index(c, i, j)] =
                         self.data[self.shape.index(c, src_i, src_j)];
                 }

@@ -142,14 +142,36 @@ impl Patch {
         self.right
     }
 
-    /// Number of rows `up + down + 1`.
+    /// Number of rows `up + down + 1` (saturating at `usize::MAX`).
     pub fn height(&self) -> usize {
-        self.up + self.down + 1
+        self.up.saturating_add(self.down).saturating_add(1)
     }
 
-    /// Number of columns `left + right + 1`.
+    /// Number of columns `left + right + 1` (saturating at `usize::MAX`).
     pub fn width(&self) -> usize {
-        self.left + self.right + 1
+        self.left.saturating_add(self.right).saturating_add(1)
+    }
+
+    /// The part of the patch within the given extents (each at most the
+    /// patch's own), with its weights.
+    pub(crate) fn crop(&self, up: usize, down: usize, left: usize, right: usize) -> Patch {
+        let weights = self.weights.as_ref().map(|weights| {
+            let width = self.width();
+            let mut kept = Vec::new();
+            for row in self.up - up..=self.up + down {
+                kept.extend_from_slice(
+                    &weights[row * width + self.left - left..][..left + right + 1],
+                );
+            }
+            kept.into()
+        });
+        Patch {
+            up,
+            down,
+            left,
+            right,
+            weights,
+        }
     }
 
     /// Whether every weight is 1.

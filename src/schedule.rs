@@ -125,8 +125,10 @@ impl NoiseSchedule for LegacyCosine {
         self.alpha_bar(t).sqrt()
     }
 
+    /// `s = sqrt(1 - abar) = sin(t / 1.008 * pi / 2)`, computed as the sine
+    /// so that it keeps full relative precision at small `t`.
     fn noise(&self, t: f64) -> f64 {
-        (1.0 - self.alpha_bar(t)).max(0.0).sqrt()
+        (t / 1.008 * FRAC_PI_2).sin().max(0.0)
     }
 
     fn alpha_bar(&self, t: f64) -> f64 {
@@ -233,14 +235,14 @@ impl LinearBeta {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidParameter`] if `steps` is zero or the betas are not
+    /// [`Error::InvalidParameter`] if `steps` is zero or above [`MAX_LINEAR_STEPS`], or the betas are not
     /// in `(0, 1)`.
     pub fn new(steps: usize, beta_start: f64, beta_end: f64) -> Result<Self> {
         let valid = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
-        if steps == 0 || !valid(beta_start) || !valid(beta_end) {
+        if !(1..=MAX_LINEAR_STEPS).contains(&steps) || !valid(beta_start) || !valid(beta_end) {
             return Err(Error::InvalidParameter(format!(
-                "linear beta schedule needs steps >= 1 and betas in (0, 1), got \
-                 {steps} steps, {beta_start} .. {beta_end}"
+                "linear beta schedule needs 1 to {MAX_LINEAR_STEPS} steps and betas in (0, 1), \
+                 got {steps} steps, {beta_start} .. {beta_end}"
             )));
         }
         let mut log_alpha_bar = Vec::with_capacity(steps + 1);
@@ -291,6 +293,10 @@ impl NoiseSchedule for LinearBeta {
         log.exp()
     }
 }
+
+/// The most steps a [`LinearBeta`] schedule may have (it stores one value
+/// per step).
+pub const MAX_LINEAR_STEPS: usize = 10_000_000;
 
 /// `abar(t) = exp(-rate * t)`, variance preserving (rate 2 by default).
 ///
@@ -380,6 +386,12 @@ impl VarianceExploding {
     }
 }
 
+impl VarianceExploding {
+    fn log_ratio(&self) -> f64 {
+        self.sigma_max.ln() - self.sigma_min.ln()
+    }
+}
+
 impl Default for VarianceExploding {
     /// `sigma` from 0.01 to 50.
     fn default() -> Self {
@@ -396,7 +408,8 @@ impl NoiseSchedule for VarianceExploding {
     }
 
     fn noise(&self, t: f64) -> f64 {
-        self.sigma_min * (self.sigma_max / self.sigma_min).powf(t)
+        // exp(ln s_min + t (ln s_max - ln s_min)): no overflow of the ratio.
+        (self.sigma_min.ln() + t * self.log_ratio()).exp()
     }
 
     fn signal_derivative(&self, _t: f64) -> f64 {
@@ -404,7 +417,7 @@ impl NoiseSchedule for VarianceExploding {
     }
 
     fn noise_derivative(&self, t: f64) -> f64 {
-        self.noise(t) * (self.sigma_max / self.sigma_min).ln()
+        self.noise(t) * self.log_ratio()
     }
 }
 

@@ -167,7 +167,8 @@ forward_score_function!(&F, Box<F>, std::sync::Arc<F>);
 ///
 /// # Errors
 ///
-/// [`Error::InvalidTime`] if the conversion divides by `a = 0` or `s = 0`.
+/// [`Error::InvalidTime`] if the conversion divides by `a = 0` or `s = 0`,
+/// or its result overflows `T`.
 pub fn convert_in_place<T: Real>(
     schedule: &dyn NoiseSchedule,
     x: &Image<T>,
@@ -207,7 +208,14 @@ pub fn convert_in_place<T: Real>(
             (_, Prediction::Noise) => eps,
             (_, Prediction::Score) => -eps / s,
         };
-        *o = T::narrow(value);
+        let narrowed = T::narrow(value);
+        if !narrowed.is_finite() {
+            return Err(Error::InvalidTime {
+                t,
+                reason: "the converted prediction overflows here (s(t) or a(t) too small)",
+            });
+        }
+        *o = narrowed;
     }
     Ok(())
 }
@@ -290,6 +298,9 @@ where
         out: &mut Image<T>,
     ) -> Result<()> {
         check_time(t)?;
+        if out.shape() != x.shape() {
+            return Err(Error::shape("output image shape", x.shape(), out.shape()));
+        }
         if let Some(shape) = self.shape
             && x.shape() != shape
         {

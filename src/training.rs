@@ -171,7 +171,11 @@ impl<T: Real> TrainingSet<T> {
         })
     }
 
-    /// The smallest and largest training value of each channel.
+    /// The smallest and largest training value of channel `channel`.
+    ///
+    /// # Panics
+    ///
+    /// If `channel >= C`.
     pub fn channel_range(&self, channel: usize) -> (T, T) {
         let plane = self.shape.positions();
         let mut lo = T::infinity();
@@ -186,13 +190,24 @@ impl<T: Real> TrainingSet<T> {
         (lo, hi)
     }
 
-    /// Converts every value to another float type.
-    pub fn cast<U: Real>(&self) -> TrainingSet<U> {
-        TrainingSet {
-            shape: self.shape,
-            data: self.data.iter().map(|v| U::narrow(v.widen())).collect(),
-            labels: self.labels.clone(),
+    /// Converts every value to another float type, rounding to nearest.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonFinite`] if a value is beyond the range of `U` (for
+    /// example above `3.4e38` for `f32`).
+    pub fn cast<U: Real>(&self) -> Result<TrainingSet<U>> {
+        let data: Vec<U> = self.data.iter().map(|v| U::narrow(v.widen())).collect();
+        if !data.iter().all(|v| v.is_finite()) {
+            return Err(Error::NonFinite(
+                "training set converted to another float type",
+            ));
         }
+        Ok(TrainingSet {
+            shape: self.shape,
+            data,
+            labels: self.labels.clone(),
+        })
     }
 
     /// Index and squared L2 distance of the training image nearest to

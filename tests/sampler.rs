@@ -131,7 +131,7 @@ fn single_image_machine_returns_its_image() {
         }
     }
 
-    let training32 = training.cast::<f32>();
+    let training32 = training.cast::<f32>().unwrap();
     let machine32 = Machine::ideal(training32.clone(), LegacyCosine).unwrap();
     let sample = Sampler::new(Method::Ddim, 5)
         .unwrap()

@@ -73,6 +73,9 @@ const CHUNK: usize = 32;
 pub struct Machine<T, S, L, E> {
     training: TrainingSet<T>,
     classes: BTreeMap<usize, Vec<usize>>,
+    /// Per channel, the smallest and largest training value, over the
+    /// whole set (`None`) and per class.
+    ranges: BTreeMap<Option<usize>, Vec<(f64, f64)>>,
     schedule: S,
     locality: L,
     equivariance: E,
@@ -195,9 +198,16 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 classes.entry(label).or_default().push(row);
             }
         }
+        let all: Vec<usize> = (0..training.len()).collect();
+        let mut ranges = BTreeMap::new();
+        ranges.insert(None, channel_ranges(&training, &all));
+        for (&label, rows) in &classes {
+            ranges.insert(Some(label), channel_ranges(&training, rows));
+        }
         Ok(Machine {
             training,
             classes,
+            ranges,
             schedule,
             locality,
             equivariance,
@@ -279,6 +289,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             });
         }
         let beta = 1.0 / (2.0 * noise * noise);
+        let ranges = &self.ranges[&class.filter(|label| self.classes.contains_key(label))];
         let rows: Vec<usize> = match class {
             None => (0..self.training.len()).collect(),
             Some(label) => self
@@ -288,18 +299,38 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 .ok_or(Error::UnknownClass(label))?,
         };
         let plan = Plan::new(shape, &self.locality.window(t), &self.equivariance)?;
+
+        // Every squared patch distance is at most
+        // (sum of window weights) (max |phi_t| + |a| max |phi^mu|)^2.
+        let largest_training = ranges
+            .iter()
+            .fold(0.0_f64, |m, &(lo, hi)| m.max(lo.abs()).max(hi.abs()));
+        let largest_query = x
+            .as_slice()
+            .iter()
+            .fold(0.0_f64, |m, v| m.max(v.widen().abs()));
+        let bound = plan.weight_sum() * (largest_query + signal.abs() * largest_training).powi(2);
+        if !bound.is_finite() {
+            return Err(Error::InvalidParameter(format!(
+                "pixel magnitudes up to {largest_query:e} (query) and {largest_training:e} \
+                 (training) make squared patch distances overflow"
+            )));
+        }
+
         if plan.global {
             let query = x.as_slice();
             return Ok(self.reduce(&rows, 256, beta, |rows| {
                 whole::whole_image(&self.training, rows, query, signal, beta)
             }));
         }
+        // The f32 lanes hold weighted sums of up to a few million values:
+        // keep them far from the f32 range, and beta where its f32 form and
+        // the skipping bound of the lane kernel hold.
         let fast = T::as_f32(self.training.as_slice()).filter(|_| {
-            let beta32 = beta as f32;
-            !plan.global
-                && plan.patch.is_uniform()
-                && beta32.is_normal()
-                && (signal as f32).is_finite()
+            plan.patch.is_uniform()
+                && (1e-30..=1e30).contains(&beta)
+                && largest_training <= 1e30
+                && largest_query <= 1e30
         });
         if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
             return Ok(self.stream_f32(&plan, images, query, signal, beta, &rows));
@@ -413,8 +444,38 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         if out.shape() != x.shape() {
             return Err(Error::shape("output image shape", x.shape(), out.shape()));
         }
-        self.posterior(x, t, class)?.write_into(out)
+        self.posterior(x, t, class)?.write_into(out)?;
+
+        // A convex combination lies within the range of the values combined;
+        // rounding can step a few units in the last place outside it.
+        let ranges = &self.ranges[&class];
+        let plane = x.shape().positions();
+        for (channel, values) in out.as_mut_slice().chunks_mut(plane).enumerate() {
+            let (lo, hi) = ranges[channel];
+            for v in values {
+                *v = T::narrow(v.widen().clamp(lo, hi));
+            }
+        }
+        Ok(())
     }
+}
+
+/// Per channel, the smallest and largest value of the training images
+/// `rows`.
+fn channel_ranges<T: Real>(training: &TrainingSet<T>, rows: &[usize]) -> Vec<(f64, f64)> {
+    let shape = training.shape();
+    let plane = shape.positions();
+    let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); shape.channels];
+    for &row in rows {
+        for (channel, values) in training.image(row).chunks(plane).enumerate() {
+            let range = &mut ranges[channel];
+            for v in values {
+                range.0 = range.0.min(v.widen());
+                range.1 = range.1.max(v.widen());
+            }
+        }
+    }
+    ranges
 }
 
 impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> ScoreFunction<T>

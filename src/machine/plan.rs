@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 use crate::image::Shape;
 use crate::locality::{Patch, Window};
 
+/// The largest padded plane (rows times columns) a periodic window may need.
+const MAX_PADDED_AREA: usize = 1 << 24;
+
 /// Output coordinates along one axis whose candidate centres include
 /// `query + delta`.
 #[derive(Clone, Debug)]
@@ -117,6 +120,46 @@ impl Plan {
         };
         let rows = AxisPlan::new(equivariance, row_axis, "row")?;
         let cols = AxisPlan::new(equivariance, col_axis, "column")?;
+
+        // With zero padding, offsets beyond `len - 1` read 0 in the query and
+        // in every candidate from any centre, so they add nothing: crop them.
+        // Periodic windows wrap, so every offset counts; their padded planes
+        // must stay of a size that can be held.
+        let patch = match boundary {
+            Boundary::Zero => patch.crop(
+                patch.up().min(shape.height - 1),
+                patch.down().min(shape.height - 1),
+                patch.left().min(shape.width - 1),
+                patch.right().min(shape.width - 1),
+            ),
+            Boundary::Periodic => patch,
+        };
+        let padded_height = shape
+            .height
+            .checked_add(patch.up())
+            .and_then(|v| v.checked_add(patch.down()));
+        let padded_width = shape
+            .width
+            .checked_add(patch.left())
+            .and_then(|v| v.checked_add(patch.right()));
+        let (padded_height, padded_width) = match (padded_height, padded_width) {
+            (Some(h), Some(w)) if h.checked_mul(w).is_some_and(|area| area <= MAX_PADDED_AREA) => {
+                (h, w)
+            }
+            _ => {
+                return Err(Error::InvalidWindow(format!(
+                    "a window reaching {}/{} rows and {}/{} columns around its centre wraps \
+                     around a {}x{} image too many times; periodic windows may span at most \
+                     {MAX_PADDED_AREA} padded pixels",
+                    patch.up(),
+                    patch.down(),
+                    patch.left(),
+                    patch.right(),
+                    shape.height,
+                    shape.width
+                )));
+            }
+        };
         let covers =
             |before: usize, after: usize, len: usize| before >= len - 1 && after >= len - 1;
         let same_location = |plan: &AxisPlan| plan.shifts.len() == 1 && plan.shifts[0].delta == 0;
@@ -128,14 +171,22 @@ impl Plan {
             && same_location(&cols);
         Ok(Plan {
             shape,
-            padded_height: shape.height + patch.up() + patch.down(),
-            padded_width: shape.width + patch.left() + patch.right(),
+            padded_height,
+            padded_width,
             patch,
             boundary,
             rows,
             cols,
             global,
         })
+    }
+
+    /// The sum of the window's weights (its pixel count when uniform).
+    pub fn weight_sum(&self) -> f64 {
+        match self.patch.weights() {
+            Some(weights) => weights.iter().sum(),
+            None => self.patch.height() as f64 * self.patch.width() as f64,
+        }
     }
 
     /// Number of (output pixel, candidate centre) pairs per training image.
