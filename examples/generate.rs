@@ -10,14 +10,16 @@
 //! Without `--mnist` it uses the 1,797 UCI handwritten digits (8x8, embedded
 //! in the `smartcore` crate), so it needs no file. `--help` lists the options.
 
+use std::ffi::{OsStr, OsString};
+use std::fs::OpenOptions;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use score_machines::io::idx;
-use score_machines::io::png::{GridOptions, write_grid};
+use score_machines::io::png::{GridOptions, MAX_GRID_BYTES, MAX_GRID_SIDE, write_grid};
 use score_machines::prelude::*;
 use score_machines::sampler::{Method, Sampler, StepRecord, initial_noise};
 
@@ -31,14 +33,18 @@ usage: generate [options]
                      zero-padded windows)
   --scales K,K,...   one odd patch side per step, low noise first
   --k K              one patch side for every step (instead of --scales)
-  --steps N          sampler steps (default 20)
+  --steps N          sampler steps, 1 to 100000 (default 20)
   --sampler S        ddim | ddpm | euler | heun (default ddim)
   --seed N           seed of the initial noise (default 0)
-  --samples N        number of samples (default 16)
+  --samples N        number of samples, 1 to 100000 (default 16)
   --class C          sample from the images of class C only
-  --copy-below D     RMS pixel distance under which a sample counts as a
-                     copy of its nearest training image (default 0.1)
-  --out FILE.png     output grid (default generated.png)
+  --copy-below D     RMS pixel distance (finite, at least 0) under which a
+                     sample counts as a copy of its nearest training image
+                     (default 0.1)
+  --out FILE.png     output grid (default generated.png); its folder must
+                     exist
+
+Every error prints one line `error: ...` and exits with status 2.
   --help             this text";
 
 /// Scale schedule for 28x28 images: the one published for a zero-padded
@@ -50,6 +56,16 @@ const SCALES_28: [usize; 20] = [
 /// Scale schedule for 8x8 images: 3x3 patches at low noise, growing to
 /// 7x7 (the largest patch with interior candidates) at high noise.
 const SCALES_8: [usize; 20] = [3, 3, 3, 3, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7];
+
+/// Most samples one run draws.
+const MAX_SAMPLES: usize = 100_000;
+
+/// Most sampler steps one run takes.
+const MAX_STEPS: usize = 100_000;
+
+/// Cells per row of the output grid (a sample, then its nearest training
+/// image, four pairs a row).
+const GRID_COLUMNS: usize = 8;
 
 #[derive(Debug)]
 struct Options {
@@ -84,7 +100,13 @@ fn parse_number<N: std::str::FromStr>(flag: &str, text: &str) -> Result<N, Strin
         .map_err(|_| format!("{flag} expects a number, got {text:?}"))
 }
 
-fn parse(args: &[String]) -> Result<Option<Options>, String> {
+/// An argument as text, or an error naming it.
+fn utf8<'a>(what: &str, arg: &'a OsStr) -> Result<&'a str, String> {
+    arg.to_str()
+        .ok_or_else(|| format!("{what} {:?} is not valid UTF-8", arg.to_string_lossy()))
+}
+
+fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
     let mut options = Options {
         mnist: None,
         rows: 0..5000,
@@ -101,16 +123,29 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
+        let flag = utf8("option", flag)?;
         if flag == "--help" || flag == "-h" {
             return Ok(None);
         }
-        let value = args
+        let raw = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
-        match flag.as_str() {
-            "--mnist" => options.mnist = Some(PathBuf::from(value)),
+        // Paths may be any bytes; every other value must be text.
+        match flag {
+            "--mnist" => {
+                options.mnist = Some(PathBuf::from(raw));
+                continue;
+            }
+            "--out" => {
+                options.out = PathBuf::from(raw);
+                continue;
+            }
+            _ => {}
+        }
+        let value = utf8(&format!("the value of {flag}"), raw)?;
+        match flag {
             "--rows" => options.rows = parse_rows(value)?,
-            "--machine" => options.machine = value.clone(),
+            "--machine" => options.machine = value.to_string(),
             "--scales" => {
                 let sides = value
                     .split(',')
@@ -120,25 +155,101 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--k" => options.k = Some(parse_number("--k", value)?),
             "--steps" => options.steps = parse_number("--steps", value)?,
-            "--sampler" => options.sampler = value.clone(),
+            "--sampler" => options.sampler = value.to_string(),
             "--seed" => options.seed = parse_number("--seed", value)?,
             "--samples" => options.samples = parse_number("--samples", value)?,
             "--class" => options.class = Some(parse_number("--class", value)?),
             "--copy-below" => options.copy_below = parse_number("--copy-below", value)?,
-            "--out" => options.out = PathBuf::from(value),
             other => return Err(format!("unknown option {other} (see --help)")),
         }
     }
-    if options.samples == 0 {
-        return Err("--samples must be at least 1".into());
+    if !(1..=MAX_SAMPLES).contains(&options.samples) {
+        return Err(format!(
+            "--samples must be between 1 and {MAX_SAMPLES}, got {}",
+            options.samples
+        ));
     }
-    if options.steps == 0 {
-        return Err("--steps must be at least 1".into());
+    if !(1..=MAX_STEPS).contains(&options.steps) {
+        return Err(format!(
+            "--steps must be between 1 and {MAX_STEPS}, got {}",
+            options.steps
+        ));
+    }
+    if !(options.copy_below.is_finite() && options.copy_below >= 0.0) {
+        return Err(format!(
+            "--copy-below must be a finite distance of at least 0, got {}",
+            options.copy_below
+        ));
     }
     if options.scales.is_some() && options.k.is_some() {
         return Err("give either --scales or --k, not both".into());
     }
     Ok(Some(options))
+}
+
+/// Checks, before any work, that the grid can be written to `out`: its
+/// folder exists, and the file either exists as a regular, writable file
+/// (left unchanged here) or can be created (and is removed again).
+fn check_output(out: &Path) -> Result<(), String> {
+    let shown = out.display();
+    match std::fs::metadata(out) {
+        Ok(metadata) if !metadata.is_file() => {
+            Err(format!("--out {shown} exists and is not a regular file"))
+        }
+        Ok(_) => OpenOptions::new()
+            .append(true)
+            .open(out)
+            .map(drop)
+            .map_err(|e| format!("--out {shown} cannot be written: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let folder = match out.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            if !folder.is_dir() {
+                return Err(format!(
+                    "--out {shown}: the folder {} does not exist",
+                    folder.display()
+                ));
+            }
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .map_err(|e| format!("--out {shown} cannot be created: {e}"))?;
+            std::fs::remove_file(out).map_err(|e| format!("--out {shown}: {e}"))
+        }
+        Err(e) => Err(format!("--out {shown}: {e}")),
+    }
+}
+
+/// The layout of the output grid for images of `shape`.
+fn grid_options(shape: Shape) -> GridOptions {
+    GridOptions {
+        columns: Some(GRID_COLUMNS),
+        scale: if shape.height <= 16 { 6 } else { 3 },
+        padding: 2,
+        ..GridOptions::default()
+    }
+}
+
+/// Checks, before sampling, that a grid of `images` images of `shape`
+/// stays within the PNG writer's limits.
+fn check_grid_size(shape: Shape, images: usize, options: &GridOptions) -> Result<(), String> {
+    let columns = options.columns.unwrap_or(GRID_COLUMNS) as u128;
+    let rows = images.div_ceil(columns as usize) as u128;
+    let (scale, padding) = (options.scale as u128, options.padding as u128);
+    let width = columns * shape.width as u128 * scale + (columns + 1) * padding;
+    let height = rows * shape.height as u128 * scale + (rows + 1) * padding;
+    let bytes = width * height * shape.channels as u128;
+    let side = MAX_GRID_SIDE as u128;
+    if width > side || height > side || bytes > MAX_GRID_BYTES as u128 {
+        return Err(format!(
+            "the output grid of {images} images would be {width}x{height} pixels, \
+             above the PNG limit of {MAX_GRID_BYTES} bytes; draw fewer --samples"
+        ));
+    }
+    Ok(())
 }
 
 /// The 1,797 UCI digits from `smartcore`: 64 values in 0..16 per row,
@@ -164,6 +275,7 @@ fn sampler_method(name: &str, seed: u64) -> Result<Method, String> {
 }
 
 fn run(options: Options) -> Result<(), String> {
+    check_output(&options.out)?;
     let training: TrainingSet<f32> = match &options.mnist {
         Some(dir) => idx::read_mnist_rows(dir, options.rows.clone()).map_err(|e| e.to_string())?,
         None => embedded_digits().map_err(|e| e.to_string())?,
@@ -172,6 +284,8 @@ fn run(options: Options) -> Result<(), String> {
     if let Some(class) = options.class {
         training.class(class).map_err(|e| e.to_string())?;
     }
+    let grid_options = grid_options(shape);
+    check_grid_size(shape, 2 * options.samples, &grid_options)?;
 
     let scales = match (&options.scales, options.k) {
         (Some(sides), _) => sides.clone(),
@@ -243,7 +357,7 @@ fn run(options: Options) -> Result<(), String> {
         },
     );
 
-    let total = (options.samples * sampler.evaluations()) as u64;
+    let total = (options.samples as u64).saturating_mul(sampler.evaluations() as u64);
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -290,12 +404,6 @@ fn run(options: Options) -> Result<(), String> {
         samples.len() - copies
     );
 
-    let grid_options = GridOptions {
-        columns: Some(8),
-        scale: if shape.height <= 16 { 6 } else { 3 },
-        padding: 2,
-        ..GridOptions::default()
-    };
     write_grid(&options.out, &grid, &grid_options).map_err(|e| e.to_string())?;
     println!(
         "wrote {} (pairs: sample, then its nearest training image)",
@@ -305,7 +413,7 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let options = match parse(&args) {
         Ok(Some(options)) => options,
         Ok(None) => {
@@ -323,5 +431,109 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    fn refusal(list: &[&str]) -> String {
+        match parse(&args(list)) {
+            Err(message) => message,
+            Ok(options) => panic!("{list:?} was accepted: {options:?}"),
+        }
+    }
+
+    /// A fresh empty folder for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "score-machines-generate-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let options = parse(&[]).unwrap().unwrap();
+        assert_eq!((options.samples, options.steps), (16, 20));
+        assert_eq!(options.copy_below, 0.1);
+        assert!(parse(&args(&["--help"])).unwrap().is_none());
+    }
+
+    #[test]
+    fn counts_are_capped() {
+        for (flag, max) in [("--samples", MAX_SAMPLES), ("--steps", MAX_STEPS)] {
+            let over = (max + 1).to_string();
+            assert!(refusal(&[flag, &over]).contains(&over));
+            assert!(refusal(&[flag, "0"]).contains(flag));
+            assert!(refusal(&[flag, "18446744073709551615"]).contains(flag));
+            assert!(refusal(&[flag, "18446744073709551616"]).contains(flag));
+            assert!(parse(&args(&[flag, &max.to_string()])).unwrap().is_some());
+        }
+    }
+
+    #[test]
+    fn copy_below_must_be_finite_and_non_negative() {
+        for bad in ["nan", "NaN", "inf", "-inf", "-1", "-0.5"] {
+            assert!(
+                refusal(&["--copy-below", bad]).contains("--copy-below"),
+                "{bad}"
+            );
+        }
+        let zero = parse(&args(&["--copy-below", "0"])).unwrap().unwrap();
+        assert_eq!(zero.copy_below, 0.0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_arguments_are_refused_but_paths_may_be_any_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = OsStr::from_bytes(b"caf\xe9").to_os_string();
+        let message = parse(&[bad.clone()]).unwrap_err();
+        assert!(message.contains("not valid UTF-8"), "{message}");
+        let message = parse(&[OsString::from("--steps"), bad.clone()]).unwrap_err();
+        assert!(message.contains("--steps"), "{message}");
+        let options = parse(&[OsString::from("--out"), bad.clone()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(options.out.as_os_str(), bad.as_os_str());
+    }
+
+    #[test]
+    fn output_is_checked_before_any_work() {
+        let dir = scratch("out");
+        let missing = dir.join("missing").join("grid.png");
+        let message = check_output(&missing).unwrap_err();
+        assert!(message.contains("does not exist"), "{message}");
+        let message = check_output(&dir).unwrap_err();
+        assert!(message.contains("not a regular file"), "{message}");
+        // A new file can be created, and the check leaves nothing behind.
+        let fresh = dir.join("grid.png");
+        check_output(&fresh).unwrap();
+        assert!(!fresh.exists());
+        // An existing file is kept as it is.
+        std::fs::write(&fresh, b"old").unwrap();
+        check_output(&fresh).unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"old");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn oversized_grids_are_refused_before_sampling() {
+        let mnist = Shape::new(1, 28, 28).unwrap();
+        let options = grid_options(mnist);
+        assert!(check_grid_size(mnist, 2 * 16, &options).is_ok());
+        let message = check_grid_size(mnist, 2 * MAX_SAMPLES, &options).unwrap_err();
+        assert!(message.contains("--samples"), "{message}");
+        let digits = Shape::new(1, 8, 8).unwrap();
+        assert!(check_grid_size(digits, 2 * MAX_SAMPLES, &grid_options(digits)).is_ok());
     }
 }

@@ -358,3 +358,69 @@ fn png_grid_of_digits_keeps_the_bytes() {
     assert_eq!(buf[(height - 1) * width + width - 1], 128);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The kind of the I/O error a reader gives for `path`.
+fn io_kind<V: std::fmt::Debug>(
+    result: score_machines::Result<V>,
+    path: &Path,
+) -> std::io::ErrorKind {
+    match result {
+        Err(Error::Io { path: p, source }) => {
+            assert_eq!(p, path);
+            source.kind()
+        }
+        other => panic!(
+            "expected an I/O error for {}, got {other:?}",
+            path.display()
+        ),
+    }
+}
+
+/// Every reader on one path, each giving an [`Error::Io`] of `kind`.
+fn every_reader_refuses(path: &Path, kind: std::io::ErrorKind) {
+    assert_eq!(io_kind(npy::read_array::<f32>(path), path), kind);
+    assert_eq!(io_kind(npy::read_info(path), path), kind);
+    assert_eq!(io_kind(npy::read_labels(path), path), kind);
+    assert_eq!(io_kind(npy::read_images::<f32>(path), path), kind);
+    assert_eq!(io_kind(npy::read_training_set::<f32>(path), path), kind);
+    assert_eq!(io_kind(idx::read_images::<f32>(path), path), kind);
+    assert_eq!(io_kind(idx::read_labels(path), path), kind);
+}
+
+#[test]
+fn readers_refuse_devices_and_folders() {
+    let folder = scratch("not-a-file");
+    every_reader_refuses(&folder, std::io::ErrorKind::InvalidInput);
+    // An endless device: without the check every reader would read until
+    // memory runs out.
+    let zero = Path::new("/dev/zero");
+    if zero.exists() {
+        every_reader_refuses(zero, std::io::ErrorKind::InvalidInput);
+    }
+    every_reader_refuses(&folder.join("absent.npy"), std::io::ErrorKind::NotFound);
+    std::fs::remove_dir_all(&folder).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn readers_refuse_a_fifo_without_blocking() {
+    let folder = scratch("fifo");
+    let fifo = folder.join("pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|status| status.success()) {
+        println!("skipped: mkfifo is not available");
+        return;
+    }
+    // Opening a FIFO for reading blocks until a writer opens it, so the
+    // readers run on another thread; a reader that opens the FIFO never
+    // reports, and the test fails instead of hanging.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        every_reader_refuses(&path, std::io::ErrorKind::InvalidInput);
+        sender.send(()).ok();
+    });
+    let finished = receiver.recv_timeout(std::time::Duration::from_secs(60));
+    std::fs::remove_dir_all(&folder).ok();
+    assert!(finished.is_ok(), "a reader blocked on a FIFO or panicked");
+}

@@ -97,7 +97,7 @@ impl Split {
 /// # Errors
 ///
 /// - [`Error::Io`] if the file cannot be read (for example, it does not
-///   exist);
+///   exist) or is not a regular file (a folder, device, FIFO or socket);
 /// - [`Error::Format`] if it is truncated, its gzip stream is corrupt, its
 ///   magic number is not `0x00000803`, its header declares zero images or
 ///   zero-sized images, or the declared dimensions disagree with the number
@@ -113,9 +113,9 @@ pub fn read_images<T: Real>(path: impl AsRef<Path>) -> Result<TrainingSet<T>> {
 ///
 /// # Errors
 ///
-/// [`Error::Io`] if the file cannot be read; [`Error::Format`] if it is
-/// truncated, its gzip stream is corrupt, its magic number is not
-/// `0x00000801`, it declares zero labels, or the declared count disagrees
+/// [`Error::Io`] if the file cannot be read or is not a regular file;
+/// [`Error::Format`] if it is truncated, its gzip stream is corrupt, its
+/// magic number is not `0x00000801`, it declares zero labels, or the declared count disagrees
 /// with the number of bytes.
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<usize>> {
     let path = path.as_ref();

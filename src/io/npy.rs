@@ -37,7 +37,7 @@ use std::path::Path;
 
 use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar, TypeStr, WriterBuilder};
 
-use super::{format_error, io_error, read_file};
+use super::{format_error, io_error, open_regular, read_file};
 use crate::error::{Error, Result};
 use crate::image::{Image, Shape};
 use crate::real::Real;
@@ -91,13 +91,12 @@ impl ArrayInfo {
 ///
 /// # Errors
 ///
-/// [`Error::Io`] if the file cannot be read; [`Error::Format`] if the
-/// header is malformed or truncated, declares an unsupported (structured or
+/// [`Error::Io`] if the file cannot be read or is not a regular file;
+/// [`Error::Format`] if the header is malformed or truncated, declares an unsupported (structured or
 /// object) type, or declares another data length than the file holds.
 pub fn read_info(path: impl AsRef<Path>) -> Result<ArrayInfo> {
     let path = path.as_ref();
-    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
-    let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
+    let (mut file, file_len) = open_regular(path)?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(12)
@@ -119,7 +118,8 @@ pub fn read_info(path: impl AsRef<Path>) -> Result<ArrayInfo> {
 ///
 /// # Errors
 ///
-/// - [`Error::Io`] if the file cannot be read;
+/// - [`Error::Io`] if the file cannot be read or is not a regular file
+///   (a folder, device, FIFO or socket);
 /// - [`Error::Format`] naming the file if it is not a `.npy` file, is
 ///   truncated or has bytes after the data, is in Fortran order, or holds
 ///   another type than `float32` or `float64`.
@@ -134,7 +134,8 @@ pub fn read_array<T: Real>(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<T>
 ///
 /// # Errors
 ///
-/// - [`Error::Io`] if the file cannot be read;
+/// - [`Error::Io`] if the file cannot be read or is not a regular file
+///   (a folder, device, FIFO or socket);
 /// - [`Error::Format`] if it is not a one-dimensional integer array, holds
 ///   a negative value, or is malformed as for [`read_array`].
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<usize>> {

@@ -33,6 +33,14 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::real::Real;
 
+/// Largest width or height of a grid, in pixels: `2^31 - 1`, the PNG
+/// format's own limit.
+pub const MAX_GRID_SIDE: usize = (1 << 31) - 1;
+
+/// Largest number of 8-bit samples in a grid, `width * height * channels`:
+/// `2^30` bytes (1 GiB), checked before anything is allocated.
+pub const MAX_GRID_BYTES: usize = 1 << 30;
+
 /// Layout and value mapping of a PNG grid.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GridOptions {
@@ -167,15 +175,22 @@ impl Layout {
                 .checked_mul(len.checked_mul(options.scale)?)?
                 .checked_add(cells.checked_add(1)?.checked_mul(options.padding)?)
         };
-        let too_large = || Error::InvalidParameter("the grid is too large for a PNG".into());
-        let width = side(columns, shape.width).ok_or_else(too_large)?;
-        let height = side(rows, shape.height).ok_or_else(too_large)?;
-        let limit = i32::MAX as usize;
-        let bytes = width
-            .checked_mul(height)
-            .and_then(|v| v.checked_mul(shape.channels));
-        if width > limit || height > limit || bytes.is_none_or(|b| b > isize::MAX as usize) {
-            return Err(too_large());
+        let (width, height) = match (side(columns, shape.width), side(rows, shape.height)) {
+            (Some(width), Some(height)) => (width, height),
+            _ => {
+                return Err(Error::InvalidParameter(format!(
+                    "a grid of {rows}x{columns} cells of {}x{} pixels at scale {} \
+                     with padding {} overflows",
+                    shape.height, shape.width, options.scale, options.padding
+                )));
+            }
+        };
+        let bytes = (width as u128) * (height as u128) * (shape.channels as u128);
+        if width > MAX_GRID_SIDE || height > MAX_GRID_SIDE || bytes > MAX_GRID_BYTES as u128 {
+            return Err(Error::InvalidParameter(format!(
+                "the grid would be {width}x{height} pixels ({bytes} bytes of samples); \
+                 the limits are {MAX_GRID_SIDE} pixels a side and {MAX_GRID_BYTES} bytes"
+            )));
         }
         Ok(Layout {
             channels: shape.channels,
@@ -349,5 +364,46 @@ mod tests {
             encode_grid(&[nan], &default),
             Err(Error::NonFinite(_))
         ));
+    }
+
+    #[test]
+    fn oversized_grids_are_refused_before_allocating() {
+        let digit = Image::<f32>::zeros(Shape::new(1, 8, 8).unwrap());
+        let huge = GridOptions {
+            scale: 1 << 20,
+            ..GridOptions::default()
+        };
+        match encode_grid(std::slice::from_ref(&digit), &huge) {
+            Err(Error::InvalidParameter(message)) => {
+                let side = 8 * (1 << 20) + 2;
+                assert!(message.contains(&format!("{side}x{side}")), "{message}");
+            }
+            other => panic!("expected an invalid parameter, got {other:?}"),
+        }
+        // Just above the byte cap: 32769 x 32769 one-byte samples, one
+        // more row and column than 2^30 allows.
+        let dot = Image::<f32>::zeros(Shape::new(1, 1, 1).unwrap());
+        let just_over = GridOptions {
+            scale: (1 << 15) + 1,
+            padding: 0,
+            ..GridOptions::default()
+        };
+        match encode_grid(std::slice::from_ref(&dot), &just_over) {
+            Err(Error::InvalidParameter(message)) => {
+                assert!(message.contains("1073807361 bytes"), "{message}")
+            }
+            other => panic!("expected an invalid parameter, got {other:?}"),
+        }
+        // Overflowing arithmetic names the layout.
+        let overflow = GridOptions {
+            scale: usize::MAX / 4,
+            ..GridOptions::default()
+        };
+        match encode_grid(std::slice::from_ref(&digit), &overflow) {
+            Err(Error::InvalidParameter(message)) => {
+                assert!(message.contains("overflows"), "{message}")
+            }
+            other => panic!("expected an invalid parameter, got {other:?}"),
+        }
     }
 }

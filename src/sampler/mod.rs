@@ -124,6 +124,13 @@ pub enum Completion {
     },
 }
 
+/// Largest number of steps a [`Sampler`] takes: `10^7`.
+///
+/// Step times `i / n` stay distinct in `f64` far beyond this, but a run of
+/// more steps would take days for any useful machine; the cap keeps step
+/// and evaluation counts far from `usize` overflow on every platform.
+pub const MAX_STEPS: usize = 10_000_000;
+
 /// A sampling method with a number of steps.
 ///
 /// # Example
@@ -149,12 +156,18 @@ impl Sampler {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidParameter`] if `steps` is 0.
+    /// [`Error::InvalidParameter`] if `steps` is 0 or more than
+    /// [`MAX_STEPS`].
     pub fn new(method: Method, steps: usize) -> Result<Self> {
         if steps == 0 {
             return Err(Error::InvalidParameter(
                 "a sampler needs at least one step".into(),
             ));
+        }
+        if steps > MAX_STEPS {
+            return Err(Error::InvalidParameter(format!(
+                "a sampler takes at most {MAX_STEPS} steps, got {steps}"
+            )));
         }
         Ok(Sampler { method, steps })
     }
@@ -170,10 +183,11 @@ impl Sampler {
     }
 
     /// The number of score evaluations of a full run: `n`, or `2 n - 1`
-    /// for Heun's method.
+    /// for Heun's method (at most `2 MAX_STEPS - 1`, since [`Sampler::new`]
+    /// caps `n` at [`MAX_STEPS`]).
     pub fn evaluations(&self) -> usize {
         match self.method {
-            Method::Heun => 2 * self.steps - 1,
+            Method::Heun => self.steps.saturating_mul(2).saturating_sub(1),
             _ => self.steps,
         }
     }
@@ -710,3 +724,31 @@ pub fn initial_noise<T: Real>(shape: Shape, seed: u64) -> Image<T> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod step_limits {
+    use super::*;
+
+    #[test]
+    fn step_counts_above_the_cap_are_refused() {
+        for method in [Method::Ddim, Method::Euler, Method::Heun] {
+            for steps in [MAX_STEPS + 1, usize::MAX / 2 + 1, usize::MAX] {
+                match Sampler::new(method, steps) {
+                    Err(Error::InvalidParameter(message)) => {
+                        assert!(message.contains(&steps.to_string()), "{message}")
+                    }
+                    other => panic!("{method:?} with {steps} steps: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn evaluations_at_the_cap() {
+        let heun = Sampler::new(Method::Heun, MAX_STEPS).unwrap();
+        assert_eq!(heun.evaluations(), 2 * MAX_STEPS - 1);
+        let euler = Sampler::new(Method::Euler, MAX_STEPS).unwrap();
+        assert_eq!(euler.evaluations(), MAX_STEPS);
+        assert_eq!(Sampler::new(Method::Heun, 1).unwrap().evaluations(), 1);
+    }
+}
