@@ -357,18 +357,29 @@ fn run(options: Options) -> Result<(), String> {
         },
     );
 
-    let total = (options.samples as u64).saturating_mul(sampler.evaluations() as u64);
+    let total = (options.samples as u64).saturating_mul(options.steps as u64);
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} evaluations, {elapsed} elapsed, eta {eta}",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} elapsed, eta {eta}")
+            .expect("valid template"),
     );
     let started = Instant::now();
     let mut samples = Vec::with_capacity(options.samples);
     for index in 0..options.samples {
-        let noise = initial_noise::<f32>(shape, options.seed.wrapping_add(index as u64));
+        let seed = options.seed.wrapping_add(index as u64);
+        let noise = initial_noise::<f32>(shape, seed);
+        // DDPM draws fresh noise at every step: give each sample its own
+        // stream, distinct from the one of its initial noise.
+        let sampler = match sampler.method() {
+            Method::Ddpm { .. } => Sampler::new(
+                Method::Ddpm {
+                    seed: seed ^ 0x9e37_79b9_7f4a_7c15,
+                },
+                options.steps,
+            )
+            .map_err(|e| e.to_string())?,
+            _ => sampler,
+        };
         let mut tick = |_: &StepRecord<'_, f32>| bar.inc(1);
         let sample = sampler
             .sample(score.as_ref(), noise, options.class, &mut tick)
