@@ -508,7 +508,7 @@ mod tests {
     fn non_utf8_arguments_are_refused_but_paths_may_be_any_bytes() {
         use std::os::unix::ffi::OsStrExt;
         let bad = OsStr::from_bytes(b"caf\xe9").to_os_string();
-        let message = parse(&[bad.clone()]).unwrap_err();
+        let message = parse(std::slice::from_ref(&bad)).unwrap_err();
         assert!(message.contains("not valid UTF-8"), "{message}");
         let message = parse(&[OsString::from("--steps"), bad.clone()]).unwrap_err();
         assert!(message.contains("--steps"), "{message}");
