@@ -606,7 +606,7 @@ mod tests {
     /// A `.npy` file with the given header dictionary and data bytes.
     fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
         let mut text = dict.to_string();
-        while (10 + text.len() + 1) % 64 != 0 {
+        while !(10 + text.len() + 1).is_multiple_of(64) {
             text.push(' ');
         }
         text.push('\n');
