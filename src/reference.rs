@@ -279,10 +279,7 @@ impl<T: Real> RecordedTrajectories<T> {
             Ok((dims, data))
         };
 
-        let (time_dims, times) = {
-            let (dims, data) = npy::read_array::<f64>(dir.join(FILES[0]))?;
-            (dims, data)
-        };
+        let (time_dims, times) = npy::read_array::<f64>(dir.join(FILES[0]))?;
         let steps = match *time_dims {
             [steps] if steps > 0 => steps,
             _ => {
