@@ -22,7 +22,7 @@
 //! any of them, with an observer hook at every step.
 //!
 //! The theory's claim is that these machines predict what a trained
-//! network generates. [`reference`] holds a network's recorded reverse
+//! network generates. [`reference`](mod@reference) holds a network's recorded reverse
 //! trajectories (read from `.npy` files, or recorded here from any score
 //! function) and replays them; [`calibrate`] chooses a machine's patch
 //! side at every step from the network's own noise predictions; and
