@@ -21,6 +21,14 @@
 //! [`sampler`] module runs DDIM, DDPM and probability-flow ODE samplers on
 //! any of them, with an observer hook at every step.
 //!
+//! The theory's claim is that these machines predict what a trained
+//! network generates. [`reference`](mod@reference) holds a network's recorded reverse
+//! trajectories (read from `.npy` files, or recorded here from any score
+//! function) and replays them; [`calibrate`] chooses a machine's patch
+//! side at every step from the network's own noise predictions; and
+//! [`compare`] runs a machine from the network's initial noise and
+//! measures how well the final images agree.
+//!
 //! With the `testing` feature, the module `score_machines::testing` offers
 //! proptest strategies for images, training sets, times and schedules,
 //! checks of the properties the theory promises (locality, translation
@@ -45,6 +53,8 @@
 
 #![warn(missing_docs)]
 
+pub mod calibrate;
+pub mod compare;
 pub mod equivariance;
 mod error;
 mod image;
@@ -53,6 +63,7 @@ pub mod io;
 pub mod locality;
 mod machine;
 mod real;
+pub mod reference;
 pub mod sampler;
 pub mod schedule;
 pub mod score;
@@ -77,10 +88,13 @@ pub use training::TrainingSet;
 
 /// The items most programs need, for a glob import.
 pub mod prelude {
+    pub use crate::calibrate::{Calibration, Criterion};
+    pub use crate::compare::Comparison;
     pub use crate::equivariance::{
         Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded,
     };
     pub use crate::locality::{Locality, Patch, ScaleSchedule, SquarePatch, WholeImage, Window};
+    pub use crate::reference::RecordedTrajectories;
     pub use crate::sampler::{
         Completion, Method, NoObserver, Observer, Sampler, StepRecord, Trajectory, Workspace,
         initial_noise,
