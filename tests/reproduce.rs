@@ -373,7 +373,7 @@ fn calibration_recovers_a_known_schedule() {
     }
 
     // Reference ELS in f32, another schedule, candidates given unsorted.
-    let set32: TrainingSet<f32> = set.cast();
+    let set32: TrainingSet<f32> = set.cast().unwrap();
     let truth = ScaleSchedule::new(vec![3, 3, 5, 5, 7, 7]).unwrap();
     let network = Machine::equivariant_local(set32.clone(), LegacyCosine, truth.clone()).unwrap();
     let noises: Vec<Image<f32>> = noises.iter().map(Image::cast).collect();
