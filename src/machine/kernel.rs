@@ -13,7 +13,9 @@
 //! With uniform weights the window sums are sliding sums along rows and
 //! then columns, whose cost does not depend on the patch size; when a
 //! displacement has few output pixels, or the window is weighted, the sum
-//! is taken directly. Both are exact up to `f64` rounding.
+//! is taken directly. Both are exact up to `f64` rounding relative to the
+//! largest residual along a row (see docs/precision.md for data whose
+//! pixels differ by many orders of magnitude).
 
 use super::plan::{Plan, Shift};
 use super::posterior::PartialPosterior;
