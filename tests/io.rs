@@ -1,31 +1,15 @@
 //! File formats against the shared MNIST data and against damaged copies.
 #![cfg(feature = "io")]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use common::shared;
 use score_machines::io::idx::{self, Split};
 use score_machines::io::{npy, png as grid};
 use score_machines::{Error, Image, Real, Shape};
-
-/// A file or folder of the shared data: `None` (after printing
-/// `skipped: ...`) if it is absent, unless `SCORE_MACHINES_REQUIRE_DATA=1`,
-/// in which case the test fails.
-fn shared(relative: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("SCORE_MACHINES_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    let path = root.join(relative);
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = format!("{} not found", path.display());
-    if std::env::var("SCORE_MACHINES_REQUIRE_DATA").as_deref() == Ok("1") {
-        panic!("shared data required: {reason}");
-    }
-    println!("skipped: {reason}");
-    None
-}
 
 /// A fresh empty folder for one test.
 fn scratch(name: &str) -> PathBuf {

@@ -3,32 +3,16 @@
 //! recording, machines with a known scale schedule and hand-made images.
 #![cfg(feature = "io")]
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::shared;
 use score_machines::calibrate::{Calibration, CalibrationProgress, Criterion};
 use score_machines::compare::{Agreement, Comparison, cosine_similarity, mse, pearson};
 use score_machines::io::npy;
 use score_machines::prelude::*;
 use score_machines::reference::{RecordedTrajectories, TIME_TOLERANCE};
-
-/// A folder of the shared data: `None` (after printing `skipped: ...`) if
-/// it is absent, unless `SCORE_MACHINES_REQUIRE_DATA=1`, in which case the
-/// test fails.
-fn shared(relative: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("SCORE_MACHINES_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    let path = root.join(relative);
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = format!("{} not found", path.display());
-    if std::env::var("SCORE_MACHINES_REQUIRE_DATA").as_deref() == Ok("1") {
-        panic!("shared data required: {reason}");
-    }
-    println!("skipped: {reason}");
-    None
-}
 
 /// A fresh empty folder for one test.
 fn scratch(name: &str) -> PathBuf {
