@@ -2,25 +2,35 @@
 //! candidate columns at a time.
 //!
 //! For one training image, one row displacement `dr` and a block of eight
-//! consecutive column displacements `dc0 .. dc0 + 8` (the lanes), the
-//! residuals `E(z)[l] = sum_c (q(c, z) - a p(c, z + (dr, dc0 + l)))^2` are
-//! summed over the window by sliding sums along rows, then along columns,
-//! so the cost per comparison does not grow with the patch side. Residuals,
-//! window sums and the running minimum distance are `f64`, so that the
-//! softmax exponent `beta (d - m)` keeps its accuracy when `beta d` is large
-//! (small `t`, large windows); weights, normalisers and weighted sums are
-//! `f32`. Each lane keeps its own streaming softmax state, updated with one
-//! `f32` exponential per comparison and no branch:
+//! consecutive column displacements `dc0 .. dc0 + 8` (the lanes), one pass
+//! down the rows of the windows' bounding box computes, row by row,
 //!
 //! ```text
-//! e = exp(-beta |d - m|)
-//! d <  m:  Z <- Z e + 1,  S <- S e + v,  m <- d
-//! d >= m:  Z <- Z + e,    S <- S + e v
+//! E(z)[l] = sum_c (q(c, z) - a p(c, z + (dr, dc0 + l)))^2     residuals
+//! R(z)[l] = E(z) + ... + E(z + w - 1)                          sliding along the row
+//! D(x)[l] = R(x) + ... + R(x + h - 1)                          running sum of the last h rows
 //! ```
 //!
-//! After every few training images the lane states are folded into the
-//! `f64` [`PartialPosterior`], so no `f32` sum runs over more than a few
-//! thousand terms.
+//! and feeds each finished row of window distances `D` straight into the
+//! softmax, so the cost per comparison does not grow with the patch side
+//! and every buffer stays in the first-level cache. Residuals, window sums
+//! and the reference distance are `f64`, so that the softmax exponent
+//! `beta (d - m)` keeps its accuracy when `beta d` is large (small `t`,
+//! large windows); weights, normalisers and weighted sums are `f32`.
+//!
+//! Every output position keeps one reference distance `m` (at least its
+//! smallest distance so far) and, per lane, a normaliser and weighted sums
+//! relative to `m`. A candidate adds
+//!
+//! ```text
+//! e = exp(beta (m - d)),   Z <- Z + e,   S <- S + e v
+//! ```
+//!
+//! with no rescaling as long as `beta (m - d) <= 8`; a candidate further
+//! below the reference first lowers `m` and rescales the position's lanes.
+//! After every few training images the lanes are folded into the `f64`
+//! [`PartialPosterior`], so no `f32` sum runs over more than a few thousand
+//! terms.
 
 use super::plan::{Plan, Shift};
 use super::posterior::PartialPosterior;
@@ -32,12 +42,20 @@ type WideLanes = [f64; LANES];
 
 /// The distance given to a lane that is no candidate for an output pixel.
 ///
-/// Such a lane may collect weight only while it has seen no real
-/// candidate; the first real one rescales it by `exp(-beta (1e300 - d)) =
-/// 0` exactly, and a lane left with only such entries is folded with
-/// minimum distance 1e300, whose weight relative to any real candidate is
-/// exactly 0 (the fast path requires `beta >= 1e-30`).
+/// Its exponent `beta (m - 1e300)` is below `-1e270` for any reference
+/// `m` the position can hold (the fast path requires `beta >= 1e-30` and
+/// finite pixels), so its weight is exactly 0; a group of lanes none of
+/// which is a candidate leaves the state untouched.
 const NOT_A_CANDIDATE: f64 = 1e300;
+
+/// Half of [`NOT_A_CANDIDATE`]: distances at or above it are not candidates.
+const NO_CANDIDATE_ABOVE: f64 = 0.5e300;
+
+/// The largest exponent `beta (m - d)` added without lowering the
+/// reference `m`: weights stay below `e^8`, so that `FOLD_EVERY` images of
+/// candidates of magnitude up to `1e30` (the fast path's bound) sum to far
+/// less than the `f32` maximum.
+const ABOVE_REFERENCE: f32 = 8.0;
 
 /// Training images per worker: about four chunks per core, each a multiple
 /// of [`FOLD_EVERY`], so that most folds start from a known minimum.
@@ -51,8 +69,8 @@ pub(crate) fn chunk_len(images: usize) -> usize {
 }
 
 /// Candidates with `beta (d - m) > NEGLIGIBLE` on all eight lanes, where `m`
-/// is each lane's smallest distance so far (never below the final minimum
-/// of the output pixel), are skipped: each such weight is below
+/// is the position's reference distance (never below the final minimum of
+/// the output pixel), are skipped: each such weight is below
 /// `exp(-32) = 1.3e-14` of the largest, so even `10^7` of them change an
 /// output pixel by less than `1.3e-7` of the range of the training values.
 const NEGLIGIBLE: f32 = 32.0;
@@ -68,11 +86,12 @@ struct RowShift {
 }
 
 /// Eight consecutive column displacements and, per output column in
-/// `first ..= last`, which lanes are candidates.
+/// `first ..= last`, what each lane adds to its distance: 0 for a
+/// candidate, [`NOT_A_CANDIDATE`] for a lane that is none.
 struct ColumnBlock {
     delta: isize,
     first: usize,
-    mask: Vec<[u32; LANES]>,
+    penalty: Vec<WideLanes>,
 }
 
 /// The displacement structure of a [`Plan`] regrouped for the lanes.
@@ -123,14 +142,18 @@ impl LanePlan {
                 .map(Shift::last)
                 .max()
                 .expect("non-empty block");
-            let mut mask = vec![[0u32; LANES]; last - first + 1];
+            let mut penalty = vec![[NOT_A_CANDIDATE; LANES]; last - first + 1];
             for shift in members {
                 let lane = (shift.delta - delta) as usize;
                 for &q in &shift.queries {
-                    mask[q - first][lane] = u32::MAX;
+                    penalty[q - first][lane] = 0.0;
                 }
             }
-            blocks.push(ColumnBlock { delta, first, mask });
+            blocks.push(ColumnBlock {
+                delta,
+                first,
+                penalty,
+            });
             start = end;
         }
         LanePlan {
@@ -146,9 +169,10 @@ impl LanePlan {
     }
 }
 
-/// Per-lane streaming softmax state of every output position.
+/// Streaming softmax state of every output position: one reference
+/// distance, and per lane a normaliser and weighted sums relative to it.
 struct LaneState {
-    min: Vec<WideLanes>,
+    reference: Vec<f64>,
     normaliser: Vec<Lanes>,
     sums: Vec<Lanes>,
 }
@@ -156,44 +180,73 @@ struct LaneState {
 impl LaneState {
     fn new(positions: usize, channels: usize) -> Self {
         LaneState {
-            min: vec![[f64::INFINITY; LANES]; positions],
+            reference: vec![f64::INFINITY; positions],
             normaliser: vec![[0.0; LANES]; positions],
             sums: vec![[0.0; LANES]; positions * channels],
         }
     }
 
-    /// Moves every lane into `posterior` and clears the state, keeping as
-    /// every lane's reference distance the smallest distance the posterior
-    /// has seen at that position, so that later candidates far above it
-    /// are recognised as negligible.
+    /// Moves every position into `posterior` and clears the state, keeping
+    /// as reference the smallest distance the posterior has seen there, so
+    /// that later candidates far above it are recognised as negligible.
     fn fold_into(&mut self, posterior: &mut PartialPosterior) {
-        let positions = self.min.len();
+        let positions = self.reference.len();
         for position in 0..positions {
-            for lane in 0..LANES {
-                let normaliser = self.normaliser[position][lane];
-                if normaliser > 0.0 {
-                    let sums = &self.sums;
-                    posterior.merge_position(
-                        position,
-                        self.min[position][lane],
-                        normaliser as f64,
-                        |c| sums[c * positions + position][lane] as f64,
-                    );
-                }
+            let normaliser: f64 = self.normaliser[position].iter().map(|&z| z as f64).sum();
+            if normaliser > 0.0 {
+                let sums = &self.sums;
+                posterior.merge_position(position, self.reference[position], normaliser, |c| {
+                    sums[c * positions + position]
+                        .iter()
+                        .map(|&s| s as f64)
+                        .sum()
+                });
             }
-            self.min[position] = [posterior.min_distances()[position]; LANES];
+            self.reference[position] = posterior.min_distances()[position];
             self.normaliser[position] = [0.0; LANES];
         }
         self.sums.fill([0.0; LANES]);
+    }
+
+    /// Lowers the reference of `position` to `minimum` (below the current
+    /// one), rescaling its lanes by `exp(-beta (m - minimum))`.
+    #[cold]
+    #[inline(never)]
+    fn lower_reference(&mut self, position: usize, minimum: f64, beta: f64) {
+        let positions = self.reference.len();
+        let old = self.reference[position];
+        let factor = if old.is_finite() {
+            (-beta * (old - minimum)).exp() as f32
+        } else {
+            0.0
+        };
+        for z in &mut self.normaliser[position] {
+            *z *= factor;
+        }
+        let mut c = position;
+        while c < self.sums.len() {
+            for s in &mut self.sums[c] {
+                *s *= factor;
+            }
+            c += positions;
+        }
+        self.reference[position] = minimum;
     }
 }
 
 /// Buffers of one worker.
 pub(crate) struct LaneScratch {
-    query: Vec<f32>,
+    /// The padded query, widened.
+    query: Vec<f64>,
+    /// The extended padded training image.
     image: Vec<f32>,
+    /// The same times the signal scale `a`, widened.
+    scaled: Vec<f64>,
+    /// Residuals of one row.
     residual: Vec<WideLanes>,
+    /// Row window sums of the last `h` rows, a ring.
     row_sums: Vec<WideLanes>,
+    /// Window distances of the current output row.
     distances: Vec<WideLanes>,
     state: LaneState,
 }
@@ -211,11 +264,13 @@ impl LaneJob<'_> {
         let plan = self.plan;
         let extended = self.lanes.extended_width(plan);
         let mut padded_query =
-            vec![0.0; plan.padded_height * plan.padded_width * plan.shape.channels];
+            vec![0.0f32; plan.padded_height * plan.padded_width * plan.shape.channels];
         plan.pad(query, &mut padded_query);
+        let image_len = plan.padded_height * extended * plan.shape.channels;
         LaneScratch {
-            query: padded_query,
-            image: vec![0.0; plan.padded_height * extended * plan.shape.channels],
+            query: padded_query.iter().map(|&v| v as f64).collect(),
+            image: vec![0.0; image_len],
+            scaled: vec![0.0; image_len],
             residual: Vec::new(),
             row_sums: Vec::new(),
             distances: Vec::new(),
@@ -246,21 +301,19 @@ impl LaneJob<'_> {
 trait Vector: Copy {
     /// The same eight lanes in `f64`.
     type Wide: Wide<Narrow = Self>;
-    fn splat(value: f32) -> Self;
     fn load(lanes: &Lanes) -> Self;
     /// Eight consecutive values starting at `values[0]`.
     fn load_slice(values: &[f32]) -> Self;
     fn store(self, lanes: &mut Lanes);
-    fn mul(self, other: Self) -> Self;
+    fn add(self, other: Self) -> Self;
     /// `self * other + addend`.
     fn mul_add(self, other: Self, addend: Self) -> Self;
-    /// Lane-wise `if self > 0 { if_positive } else { otherwise }`.
-    fn select_positive(self, if_positive: Self, otherwise: Self) -> Self;
-    fn abs(self) -> Self;
+    /// Whether any lane is above `threshold` (NaN lanes are not).
+    fn any_above(self, threshold: f32) -> bool;
     /// Whether every lane is below `threshold`.
     fn all_below(self, threshold: f32) -> bool;
-    /// `exp(-self)` for lanes `>= 0`, as [`exp_non_positive`].
-    fn exp_negated(self) -> Self;
+    /// `exp(self)` for lanes `<= 88`, as [`exp_bounded`].
+    fn exp(self) -> Self;
 }
 
 /// Eight `f64` lanes.
@@ -268,18 +321,15 @@ trait Wide: Copy {
     type Narrow;
     fn splat(value: f64) -> Self;
     fn load(lanes: &WideLanes) -> Self;
-    /// Eight consecutive `f32` values starting at `values[0]`, widened.
-    fn load_widened(values: &[f32]) -> Self;
+    /// Eight consecutive values starting at `values[0]`.
+    fn load_slice(values: &[f64]) -> Self;
     fn store(self, lanes: &mut WideLanes);
     fn add(self, other: Self) -> Self;
     fn sub(self, other: Self) -> Self;
     fn mul(self, other: Self) -> Self;
     /// `self * other + addend`.
     fn mul_add(self, other: Self, addend: Self) -> Self;
-    fn min(self, other: Self) -> Self;
     fn max(self, other: Self) -> Self;
-    /// Lane-wise `if mask { self } else { otherwise }`, mask lanes all ones or zero.
-    fn select_mask(self, mask: &[u32; LANES], otherwise: Self) -> Self;
     /// Rounds to `f32`.
     fn narrow(self) -> Self::Narrow;
 }
@@ -295,10 +345,6 @@ struct PortableWide(WideLanes);
 impl Vector for Portable {
     type Wide = PortableWide;
     #[inline(always)]
-    fn splat(value: f32) -> Self {
-        Portable([value; LANES])
-    }
-    #[inline(always)]
     fn load(lanes: &Lanes) -> Self {
         Portable(*lanes)
     }
@@ -311,8 +357,8 @@ impl Vector for Portable {
         *lanes = self.0;
     }
     #[inline(always)]
-    fn mul(self, other: Self) -> Self {
-        Portable(std::array::from_fn(|l| self.0[l] * other.0[l]))
+    fn add(self, other: Self) -> Self {
+        Portable(std::array::from_fn(|l| self.0[l] + other.0[l]))
     }
     #[inline(always)]
     fn mul_add(self, other: Self, addend: Self) -> Self {
@@ -321,26 +367,16 @@ impl Vector for Portable {
         }))
     }
     #[inline(always)]
-    fn select_positive(self, if_positive: Self, otherwise: Self) -> Self {
-        Portable(std::array::from_fn(|l| {
-            if self.0[l] > 0.0 {
-                if_positive.0[l]
-            } else {
-                otherwise.0[l]
-            }
-        }))
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        Portable(std::array::from_fn(|l| self.0[l].abs()))
+    fn any_above(self, threshold: f32) -> bool {
+        self.0.iter().any(|&v| v > threshold)
     }
     #[inline(always)]
     fn all_below(self, threshold: f32) -> bool {
         self.0.iter().all(|&v| v < threshold)
     }
     #[inline(always)]
-    fn exp_negated(self) -> Self {
-        Portable(std::array::from_fn(|l| exp_non_positive(-self.0[l])))
+    fn exp(self) -> Self {
+        Portable(std::array::from_fn(|l| exp_bounded(self.0[l])))
     }
 }
 
@@ -355,9 +391,8 @@ impl Wide for PortableWide {
         PortableWide(*lanes)
     }
     #[inline(always)]
-    fn load_widened(values: &[f32]) -> Self {
-        let values = &values[..LANES];
-        PortableWide(std::array::from_fn(|l| values[l] as f64))
+    fn load_slice(values: &[f64]) -> Self {
+        PortableWide(values[..LANES].try_into().expect("eight values"))
     }
     #[inline(always)]
     fn store(self, lanes: &mut WideLanes) {
@@ -382,22 +417,8 @@ impl Wide for PortableWide {
         }))
     }
     #[inline(always)]
-    fn min(self, other: Self) -> Self {
-        PortableWide(std::array::from_fn(|l| self.0[l].min(other.0[l])))
-    }
-    #[inline(always)]
     fn max(self, other: Self) -> Self {
         PortableWide(std::array::from_fn(|l| self.0[l].max(other.0[l])))
-    }
-    #[inline(always)]
-    fn select_mask(self, mask: &[u32; LANES], otherwise: Self) -> Self {
-        PortableWide(std::array::from_fn(|l| {
-            if mask[l] != 0 {
-                self.0[l]
-            } else {
-                otherwise.0[l]
-            }
-        }))
     }
     #[inline(always)]
     fn narrow(self) -> Portable {
@@ -442,10 +463,6 @@ mod avx2 {
     impl Vector for Avx {
         type Wide = AvxWide;
         #[inline(always)]
-        fn splat(value: f32) -> Self {
-            Avx(unsafe { _mm256_set1_ps(value) })
-        }
-        #[inline(always)]
         fn load(lanes: &Lanes) -> Self {
             Avx(unsafe { _mm256_loadu_ps(lanes.as_ptr()) })
         }
@@ -459,23 +476,19 @@ mod avx2 {
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), self.0) }
         }
         #[inline(always)]
-        fn mul(self, other: Self) -> Self {
-            Avx(unsafe { _mm256_mul_ps(self.0, other.0) })
+        fn add(self, other: Self) -> Self {
+            Avx(unsafe { _mm256_add_ps(self.0, other.0) })
         }
         #[inline(always)]
         fn mul_add(self, other: Self, addend: Self) -> Self {
             Avx(unsafe { _mm256_fmadd_ps(self.0, other.0, addend.0) })
         }
         #[inline(always)]
-        fn select_positive(self, if_positive: Self, otherwise: Self) -> Self {
+        fn any_above(self, threshold: f32) -> bool {
             unsafe {
-                let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, _mm256_setzero_ps());
-                Avx(_mm256_blendv_ps(otherwise.0, if_positive.0, positive))
+                let above = _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, _mm256_set1_ps(threshold));
+                _mm256_movemask_ps(above) != 0
             }
-        }
-        #[inline(always)]
-        fn abs(self) -> Self {
-            unsafe { Avx(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0)) }
         }
         #[inline(always)]
         fn all_below(self, threshold: f32) -> bool {
@@ -485,12 +498,9 @@ mod avx2 {
             }
         }
         #[inline(always)]
-        fn exp_negated(self) -> Self {
+        fn exp(self) -> Self {
             unsafe {
-                let x = _mm256_max_ps(
-                    _mm256_sub_ps(_mm256_setzero_ps(), self.0),
-                    _mm256_set1_ps(-87.0),
-                );
+                let x = _mm256_max_ps(self.0, _mm256_set1_ps(-87.0));
                 let round = _mm256_set1_ps(12_582_912.0);
                 let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
                 let n = _mm256_sub_ps(shifted, round);
@@ -505,7 +515,7 @@ mod avx2 {
                 let bits =
                     _mm256_slli_epi32::<23>(_mm256_add_epi32(exponent, _mm256_set1_epi32(127)));
                 let value = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-                let below = _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, _mm256_set1_ps(87.0));
+                let below = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, _mm256_set1_ps(-87.0));
                 Avx(_mm256_andnot_ps(below, value))
             }
         }
@@ -527,13 +537,12 @@ mod avx2 {
             }
         }
         #[inline(always)]
-        fn load_widened(values: &[f32]) -> Self {
+        fn load_slice(values: &[f64]) -> Self {
             let values = &values[..8];
             unsafe {
-                let v = _mm256_loadu_ps(values.as_ptr());
                 AvxWide(
-                    _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
-                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+                    _mm256_loadu_pd(values.as_ptr()),
+                    _mm256_loadu_pd(values.as_ptr().add(4)),
                 )
             }
         }
@@ -581,33 +590,11 @@ mod avx2 {
             }
         }
         #[inline(always)]
-        fn min(self, other: Self) -> Self {
-            unsafe {
-                AvxWide(
-                    _mm256_min_pd(self.0, other.0),
-                    _mm256_min_pd(self.1, other.1),
-                )
-            }
-        }
-        #[inline(always)]
         fn max(self, other: Self) -> Self {
             unsafe {
                 AvxWide(
                     _mm256_max_pd(self.0, other.0),
                     _mm256_max_pd(self.1, other.1),
-                )
-            }
-        }
-        #[inline(always)]
-        fn select_mask(self, mask: &[u32; 8], otherwise: Self) -> Self {
-            unsafe {
-                let low = _mm_loadu_si128(mask.as_ptr().cast());
-                let high = _mm_loadu_si128(mask.as_ptr().add(4).cast());
-                let low = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(low));
-                let high = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(high));
-                AvxWide(
-                    _mm256_blendv_pd(otherwise.0, self.0, low),
-                    _mm256_blendv_pd(otherwise.1, self.1, high),
                 )
             }
         }
@@ -634,6 +621,9 @@ fn run_with<'i, V: Vector>(
     let mut pending = 0;
     for image in images {
         plan.pad_into(image, &mut scratch.image, extended, job.lanes.margin);
+        for (scaled, &value) in scratch.scaled.iter_mut().zip(&scratch.image) {
+            *scaled = job.signal * value as f64;
+        }
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
                 displacement_block::<V>(job, rows, block, scratch);
@@ -651,7 +641,7 @@ fn run_with<'i, V: Vector>(
 }
 
 /// Distances for one row displacement and one block of column
-/// displacements, streamed into the lane states.
+/// displacements, streamed into the softmax states row by row.
 #[inline(always)]
 fn displacement_block<V: Vector>(
     job: &LaneJob<'_>,
@@ -661,149 +651,147 @@ fn displacement_block<V: Vector>(
 ) {
     let plan = job.plan;
     let lanes = job.lanes;
-    let shape = plan.shape;
+    let channels = plan.shape.channels;
     let (ph, pw) = (plan.padded_height, plan.padded_width);
     let extended = lanes.extended_width(plan);
     let (height, width) = (plan.patch.height(), plan.patch.width());
     let span_rows = rows.valid.len();
-    let span_cols = block.mask.len();
+    let span_cols = block.penalty.len();
     let (z_rows, z_cols) = (span_rows + height - 1, span_cols + width - 1);
-    let signal = V::Wide::splat(job.signal);
-
-    // Residuals over the bounding box of the windows. Rows whose shifted
-    // training row falls outside the padded image belong to no candidate.
-    let residual = &mut scratch.residual;
-    residual.clear();
-    residual.resize(z_rows * z_cols, [0.0; LANES]);
     let column_start = ((lanes.margin + block.first) as isize + block.delta) as usize;
-    for c in 0..shape.channels {
-        for i in 0..z_rows {
-            let query_row = rows.first + i;
-            let image_row = query_row as isize + rows.delta;
-            if image_row < 0 || image_row >= ph as isize {
-                continue;
-            }
-            let q = &scratch.query[(c * ph + query_row) * pw + block.first..][..z_cols];
-            let p = &scratch.image[(c * ph + image_row as usize) * extended + column_start..]
-                [..z_cols + LANES - 1];
-            let out = &mut residual[i * z_cols..(i + 1) * z_cols];
-            for ((o, &qv), window) in out.iter_mut().zip(q).zip(p.windows(LANES)) {
-                let r = V::Wide::splat(qv as f64).sub(signal.mul(V::Wide::load_widened(window)));
-                r.mul_add(r, V::Wide::load(o)).store(o);
-            }
-        }
-    }
 
-    // Sliding sums along rows, columns outer so that rows run in parallel.
-    let row_sums = &mut scratch.row_sums;
+    let LaneScratch {
+        query,
+        image,
+        scaled,
+        residual,
+        row_sums,
+        distances,
+        state,
+    } = scratch;
+    residual.clear();
+    residual.resize(z_cols, [0.0; LANES]);
     row_sums.clear();
-    row_sums.resize(z_rows * span_cols, [0.0; LANES]);
-    for (e, sums) in residual
-        .chunks_exact(z_cols)
-        .zip(row_sums.chunks_exact_mut(span_cols))
-    {
-        let mut sum = V::Wide::splat(0.0);
-        for value in &e[..width] {
-            sum = sum.add(V::Wide::load(value));
-        }
-        sum.store(&mut sums[0]);
-    }
-    for j in 1..span_cols {
-        for (e, sums) in residual
-            .chunks_exact(z_cols)
-            .zip(row_sums.chunks_exact_mut(span_cols))
-        {
-            V::Wide::load(&sums[j - 1])
-                .add(V::Wide::load(&e[j + width - 1]))
-                .sub(V::Wide::load(&e[j - 1]))
-                .store(&mut sums[j]);
-        }
-    }
-
-    // Sliding sums down columns.
-    let distances = &mut scratch.distances;
+    row_sums.resize(height * span_cols, [0.0; LANES]);
     distances.clear();
-    distances.resize(span_rows * span_cols, [0.0; LANES]);
-    let (first_row, _) = distances.split_at_mut(span_cols);
-    for sums in row_sums.chunks_exact(span_cols).take(height) {
-        for (d, s) in first_row.iter_mut().zip(sums) {
-            V::Wide::load(d).add(V::Wide::load(s)).store(d);
-        }
-    }
-    for i in 1..span_rows {
-        let (done, rest) = distances.split_at_mut(i * span_cols);
-        let previous = &done[(i - 1) * span_cols..];
-        let entering = &row_sums[(i + height - 1) * span_cols..][..span_cols];
-        let leaving = &row_sums[(i - 1) * span_cols..][..span_cols];
-        for (((d, p), e), l) in rest[..span_cols]
-            .iter_mut()
-            .zip(previous)
-            .zip(entering)
-            .zip(leaving)
-        {
-            V::Wide::load(p)
-                .add(V::Wide::load(e))
-                .sub(V::Wide::load(l))
-                .store(d);
-        }
-    }
+    distances.resize(span_cols, [0.0; LANES]);
 
-    // Softmax updates, with `x = beta (m - d)` in `f64`: `d < m` exactly
-    // when `x > 0`. A lane that is no candidate here gets a distance that
-    // can never carry weight: see `NOT_A_CANDIDATE`.
+    for i in 0..z_rows {
+        // The ring slot of row `i` still holds the row sums of row `i - h`,
+        // which leave the window.
+        let slot = &mut row_sums[(i % height) * span_cols..][..span_cols];
+        if i >= height {
+            for (d, leaving) in distances.iter_mut().zip(slot.iter()) {
+                V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
+            }
+        }
+        let query_row = rows.first + i;
+        let image_row = query_row as isize + rows.delta;
+        if image_row < 0 || image_row >= ph as isize {
+            // No candidate window reaches this row.
+            slot.fill([0.0; LANES]);
+        } else {
+            // Residuals of the row, summed along it by a sliding window.
+            let image_row = image_row as usize;
+            let mut sum = V::Wide::splat(0.0);
+            for j in 0..z_cols {
+                let mut e = V::Wide::splat(0.0);
+                for c in 0..channels {
+                    let q = query[(c * ph + query_row) * pw + block.first + j];
+                    let p = &scaled[(c * ph + image_row) * extended + column_start + j..];
+                    let r = V::Wide::splat(q).sub(V::Wide::load_slice(p));
+                    e = r.mul_add(r, e);
+                }
+                e.store(&mut residual[j]);
+                sum = sum.add(e);
+                if j + 1 >= width {
+                    if j >= width {
+                        sum = sum.sub(V::Wide::load(&residual[j - width]));
+                    }
+                    sum.store(&mut slot[j + 1 - width]);
+                }
+            }
+            for (d, entering) in distances.iter_mut().zip(slot.iter()) {
+                V::Wide::load(d).add(V::Wide::load(entering)).store(d);
+            }
+        }
+        if i + 1 >= height && rows.valid[i + 1 - height] {
+            softmax_row::<V>(job, rows, block, i + 1 - height, distances, image, state);
+        }
+    }
+}
+/// Adds the window distances `distances` of output row `rows.first + i`
+/// to the softmax states. The exponent `x = beta (m - d)` is formed in
+/// `f64` and rounded to `f32` only when it is no longer large.
+#[inline(always)]
+fn softmax_row<V: Vector>(
+    job: &LaneJob<'_>,
+    rows: &RowShift,
+    block: &ColumnBlock,
+    i: usize,
+    distances: &[WideLanes],
+    image: &[f32],
+    state: &mut LaneState,
+) {
+    let plan = job.plan;
+    let lanes = job.lanes;
+    let shape = plan.shape;
     let positions = shape.positions();
-    let state = &mut scratch.state;
-    let stride = ph * extended;
-    let one = V::splat(1.0);
+    let extended = lanes.extended_width(plan);
+    let stride = plan.padded_height * extended;
+    let row = rows.first + i;
+    let base = row * shape.width + block.first;
+    let image_row = (row as isize + rows.delta) as usize + plan.patch.up();
+    let value_start = ((image_row * extended + lanes.margin + block.first + plan.patch.left())
+        as isize
+        + block.delta) as usize;
     let zero = V::Wide::splat(0.0);
-    let not_a_candidate = V::Wide::splat(NOT_A_CANDIDATE);
     let beta = V::Wide::splat(job.beta);
-    for (i, _) in rows.valid.iter().enumerate().filter(|(_, v)| **v) {
-        let row = rows.first + i;
-        let base = row * shape.width + block.first;
-        let image_row = (row as isize + rows.delta) as usize + plan.patch.up();
-        let value_start = ((image_row * extended + lanes.margin + block.first + plan.patch.left())
-            as isize
-            + block.delta) as usize;
-        let minima = &mut state.min[base..base + span_cols];
-        let normalisers = &mut state.normaliser[base..base + span_cols];
-        let line = &distances[i * span_cols..(i + 1) * span_cols];
-        for (j, (((d, mask), m), z)) in line
-            .iter()
-            .zip(&block.mask)
-            .zip(minima.iter_mut())
-            .zip(normalisers.iter_mut())
-            .enumerate()
-        {
-            let distance = V::Wide::load(d)
-                .max(zero)
-                .select_mask(mask, not_a_candidate);
-            let minimum = V::Wide::load(m);
-            let exponent = minimum.sub(distance).mul(beta).narrow();
-            if exponent.all_below(-NEGLIGIBLE) {
+    let values = &image[value_start..value_start + distances.len() + LANES - 1];
+    for (j, (d, penalty)) in distances.iter().zip(&block.penalty).enumerate() {
+        let position = base + j;
+        let distance = V::Wide::load(d).max(zero).add(V::Wide::load(penalty));
+        let mut exponent = V::Wide::splat(state.reference[position])
+            .sub(distance)
+            .mul(beta)
+            .narrow();
+        if exponent.any_above(ABOVE_REFERENCE) {
+            let mut lanes_distance = [0.0; LANES];
+            distance.store(&mut lanes_distance);
+            let minimum = lanes_distance.iter().copied().fold(f64::INFINITY, f64::min);
+            if minimum >= NO_CANDIDATE_ABOVE {
                 continue;
             }
-            distance.min(minimum).store(m);
-            let e = exponent.abs().exp_negated();
-            let rescale = exponent.select_positive(e, one);
-            let weight = exponent.select_positive(one, e);
-            V::load(z).mul_add(rescale, weight).store(z);
+            state.lower_reference(position, minimum, job.beta);
+            exponent = V::Wide::splat(minimum).sub(distance).mul(beta).narrow();
+        } else if exponent.all_below(-NEGLIGIBLE) {
+            continue;
+        }
+        let weight = exponent.exp();
+        let z = &mut state.normaliser[position];
+        V::load(z).add(weight).store(z);
+        if shape.channels == 1 {
+            let s = &mut state.sums[position];
+            weight
+                .mul_add(V::load_slice(&values[j..]), V::load(s))
+                .store(s);
+        } else {
             for c in 0..shape.channels {
-                let values = V::load_slice(&scratch.image[c * stride + value_start + j..]);
-                let s = &mut state.sums[c * positions + base + j];
-                weight.mul_add(values, V::load(s).mul(rescale)).store(s);
+                let values = V::load_slice(&image[c * stride + value_start + j..]);
+                let s = &mut state.sums[c * positions + position];
+                weight.mul_add(values, V::load(s)).store(s);
             }
         }
     }
 }
 
-/// `exp(x)` for `x <= 0` in `f32`, branch-free so that it vectorises:
+/// `exp(x)` for `x <= 88` in `f32`, branch-free so that it vectorises:
 /// `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `exp(r)` by its degree-6 Taylor
-/// polynomial (relative error below 2e-7), and `2^n` built from the
+/// polynomial (relative error below 3e-7), and `2^n` built from the
 /// exponent bits. Arguments below -87 (including `-inf`) give 0; NaN gives
 /// an unspecified value.
 #[inline(always)]
-pub(crate) fn exp_non_positive(x: f32) -> f32 {
+pub(crate) fn exp_bounded(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -829,16 +817,20 @@ mod tests {
     #[test]
     fn exponential_is_accurate_over_its_range() {
         let mut worst: f64 = 0.0;
-        let mut x = 0.0f32;
+        let mut x = 20.0f32;
         while x > -87.0 {
-            let got = exp_non_positive(x) as f64;
+            let got = exp_bounded(x) as f64;
             let want = (x as f64).exp();
             worst = worst.max((got - want).abs() / want);
             x -= 0.001_37;
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
-        assert_eq!(exp_non_positive(0.0), 1.0);
-        assert_eq!(exp_non_positive(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_non_positive(-100.0), 0.0);
+        assert_eq!(exp_bounded(0.0), 1.0);
+        assert!(
+            (exp_bounded(ABOVE_REFERENCE) as f64 / (ABOVE_REFERENCE as f64).exp() - 1.0).abs()
+                < 3e-7
+        );
+        assert_eq!(exp_bounded(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_bounded(-100.0), 0.0);
     }
 }
