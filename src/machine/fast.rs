@@ -693,23 +693,21 @@ fn displacement_block<V: Vector>(
         } else {
             // Residuals of the row, summed along it by a sliding window.
             let image_row = image_row as usize;
+            let q = &query[query_row * pw + block.first..];
+            let p = &scaled[image_row * extended + column_start..];
+            let (q_plane, p_plane) = (ph * pw, ph * extended);
             let mut sum = V::Wide::splat(0.0);
-            for j in 0..z_cols {
-                let mut e = V::Wide::splat(0.0);
-                for c in 0..channels {
-                    let q = query[(c * ph + query_row) * pw + block.first + j];
-                    let p = &scaled[(c * ph + image_row) * extended + column_start + j..];
-                    let r = V::Wide::splat(q).sub(V::Wide::load_slice(p));
-                    e = r.mul_add(r, e);
-                }
-                e.store(&mut residual[j]);
+            for (j, e_j) in residual[..width].iter_mut().enumerate() {
+                let e = residual_at::<V>(q, p, q_plane, p_plane, channels, j);
+                e.store(e_j);
                 sum = sum.add(e);
-                if j + 1 >= width {
-                    if j >= width {
-                        sum = sum.sub(V::Wide::load(&residual[j - width]));
-                    }
-                    sum.store(&mut slot[j + 1 - width]);
-                }
+            }
+            sum.store(&mut slot[0]);
+            for j in width..z_cols {
+                let e = residual_at::<V>(q, p, q_plane, p_plane, channels, j);
+                e.store(&mut residual[j]);
+                sum = sum.add(e).sub(V::Wide::load(&residual[j - width]));
+                sum.store(&mut slot[j + 1 - width]);
             }
             for (d, entering) in distances.iter_mut().zip(slot.iter()) {
                 V::Wide::load(d).add(V::Wide::load(entering)).store(d);
@@ -720,6 +718,27 @@ fn displacement_block<V: Vector>(
         }
     }
 }
+/// `sum_c (q(c, j) - a p(c, j + l))^2` for the eight lanes `l`, where `q`
+/// and `p` start at channel 0 of a query row and a scaled training row
+/// and channel planes are `q_plane` and `p_plane` values apart.
+#[inline(always)]
+fn residual_at<V: Vector>(
+    q: &[f64],
+    p: &[f64],
+    q_plane: usize,
+    p_plane: usize,
+    channels: usize,
+    j: usize,
+) -> V::Wide {
+    let r = V::Wide::splat(q[j]).sub(V::Wide::load_slice(&p[j..]));
+    let mut e = r.mul(r);
+    for c in 1..channels {
+        let r = V::Wide::splat(q[c * q_plane + j]).sub(V::Wide::load_slice(&p[c * p_plane + j..]));
+        e = r.mul_add(r, e);
+    }
+    e
+}
+
 /// Adds the window distances `distances` of output row `rows.first + i`
 /// to the softmax states. The exponent `x = beta (m - d)` is formed in
 /// `f64` and rounded to `f32` only when it is no longer large.
