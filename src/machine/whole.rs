@@ -21,17 +21,7 @@ pub(crate) fn whole_image<T: Real>(
     let shape: Shape = training.shape();
     let distances: Vec<f64> = rows
         .iter()
-        .map(|&row| {
-            training
-                .image(row)
-                .iter()
-                .zip(query)
-                .map(|(p, q)| {
-                    let r = q.widen() - signal * p.widen();
-                    r * r
-                })
-                .sum()
-        })
+        .map(|&row| squared_distance(training.image(row), query, signal))
         .collect();
     let minimum = distances.iter().copied().fold(f64::INFINITY, f64::min);
 
@@ -43,9 +33,7 @@ pub(crate) fn whole_image<T: Real>(
             continue;
         }
         normaliser += weight;
-        for (sum, p) in sums.iter_mut().zip(training.image(row)) {
-            *sum += weight * p.widen();
-        }
+        add_weighted(&mut sums, training.image(row), weight);
     }
 
     let mut posterior = PartialPosterior::new(shape, beta);
@@ -56,4 +44,80 @@ pub(crate) fn whole_image<T: Real>(
         });
     }
     posterior
+}
+
+/// Partial sums per lane, so that the sum vectorises.
+const ACCUMULATORS: usize = 8;
+
+/// `||q - a p||^2` in `f64`, on the widest vectors the CPU offers.
+fn squared_distance<T: Real>(image: &[T], query: &[T], signal: f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { squared_distance_avx2(image, query, signal) };
+        }
+    }
+    squared_distance_portable(image, query, signal)
+}
+
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn squared_distance_avx2<T: Real>(image: &[T], query: &[T], signal: f64) -> f64 {
+    squared_distance_portable(image, query, signal)
+}
+
+#[inline(always)]
+fn squared_distance_portable<T: Real>(image: &[T], query: &[T], signal: f64) -> f64 {
+    let mut partial = [0.0f64; ACCUMULATORS];
+    let mut images = image.chunks_exact(ACCUMULATORS);
+    let mut queries = query.chunks_exact(ACCUMULATORS);
+    for (p, q) in (&mut images).zip(&mut queries) {
+        for lane in 0..ACCUMULATORS {
+            let r = q[lane].widen() - signal * p[lane].widen();
+            partial[lane] += r * r;
+        }
+    }
+    let tail: f64 = images
+        .remainder()
+        .iter()
+        .zip(queries.remainder())
+        .map(|(p, q)| {
+            let r = q.widen() - signal * p.widen();
+            r * r
+        })
+        .sum();
+    partial.iter().sum::<f64>() + tail
+}
+
+/// `sums += weight * image`, on the widest vectors the CPU offers.
+fn add_weighted<T: Real>(sums: &mut [f64], image: &[T], weight: f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            unsafe { add_weighted_avx2(sums, image, weight) };
+            return;
+        }
+    }
+    add_weighted_portable(sums, image, weight);
+}
+
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_weighted_avx2<T: Real>(sums: &mut [f64], image: &[T], weight: f64) {
+    add_weighted_portable(sums, image, weight);
+}
+
+#[inline(always)]
+fn add_weighted_portable<T: Real>(sums: &mut [f64], image: &[T], weight: f64) {
+    for (sum, p) in sums.iter_mut().zip(image) {
+        *sum += weight * p.widen();
+    }
 }
