@@ -101,10 +101,18 @@ pub(crate) struct LanePlan {
     /// Extra zero columns on each side of a padded training image, so that
     /// every lane reads inside the buffer.
     margin: usize,
+    /// Whether the lanes are eight training images at the same location
+    /// (the plan's only displacement is zero) rather than eight column
+    /// displacements of one image.
+    image_lanes: bool,
 }
 
 impl LanePlan {
     pub fn new(plan: &Plan) -> Self {
+        let same_location = plan.rows.shifts.len() == 1
+            && plan.cols.shifts.len() == 1
+            && plan.rows.shifts[0].delta == 0
+            && plan.cols.shifts[0].delta == 0;
         let rows = plan
             .rows
             .shifts
@@ -146,7 +154,11 @@ impl LanePlan {
             for shift in members {
                 let lane = (shift.delta - delta) as usize;
                 for &q in &shift.queries {
-                    penalty[q - first][lane] = 0.0;
+                    if same_location {
+                        penalty[q - first] = [0.0; LANES];
+                    } else {
+                        penalty[q - first][lane] = 0.0;
+                    }
                 }
             }
             blocks.push(ColumnBlock {
@@ -159,13 +171,24 @@ impl LanePlan {
         LanePlan {
             rows,
             blocks,
-            margin: plan.shape.width + LANES,
+            margin: if same_location {
+                0
+            } else {
+                plan.shape.width + LANES
+            },
+            image_lanes: same_location,
         }
     }
 
     /// Width of an extended padded plane.
     pub fn extended_width(&self, plan: &Plan) -> usize {
         plan.padded_width + 2 * self.margin
+    }
+
+    /// Distance between the values of neighbouring columns in the lane
+    /// buffers: 1 for column lanes, [`LANES`] for interleaved image lanes.
+    fn column_stride(&self) -> usize {
+        if self.image_lanes { LANES } else { 1 }
     }
 }
 
@@ -238,7 +261,9 @@ impl LaneState {
 pub(crate) struct LaneScratch {
     /// The padded query, widened.
     query: Vec<f64>,
-    /// The extended padded training image.
+    /// One padded training image.
+    padded: Vec<f32>,
+    /// The extended padded training image, or eight of them interleaved.
     image: Vec<f32>,
     /// The same times the signal scale `a`, widened.
     scaled: Vec<f64>,
@@ -266,9 +291,11 @@ impl LaneJob<'_> {
         let mut padded_query =
             vec![0.0f32; plan.padded_height * plan.padded_width * plan.shape.channels];
         plan.pad(query, &mut padded_query);
-        let image_len = plan.padded_height * extended * plan.shape.channels;
+        let plane_len = plan.padded_height * extended * plan.shape.channels;
+        let image_len = plane_len * self.lanes.column_stride();
         LaneScratch {
             query: padded_query.iter().map(|&v| v as f64).collect(),
+            padded: vec![0.0; plane_len],
             image: vec![0.0; image_len],
             scaled: vec![0.0; image_len],
             residual: Vec::new(),
@@ -616,6 +643,10 @@ fn run_with<'i, V: Vector>(
     scratch: &mut LaneScratch,
     posterior: &mut PartialPosterior,
 ) {
+    if job.lanes.image_lanes {
+        run_image_lanes::<V>(job, images, scratch, posterior);
+        return;
+    }
     let plan = job.plan;
     let extended = job.lanes.extended_width(plan);
     let mut pending = 0;
@@ -626,7 +657,7 @@ fn run_with<'i, V: Vector>(
         }
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
-                displacement_block::<V>(job, rows, block, scratch);
+                displacement_block::<V, 1>(job, rows, block, scratch);
             }
         }
         pending += 1;
@@ -640,10 +671,83 @@ fn run_with<'i, V: Vector>(
     }
 }
 
+/// The same-location case: eight training images at a time, interleaved
+/// value by value so that lane `l` holds image `l`. A last group of fewer
+/// than eight gives its empty lanes the distance [`NOT_A_CANDIDATE`].
+#[inline(always)]
+fn run_image_lanes<'i, V: Vector>(
+    job: &LaneJob<'_>,
+    images: impl Iterator<Item = &'i [f32]>,
+    scratch: &mut LaneScratch,
+    posterior: &mut PartialPosterior,
+) {
+    let plan = job.plan;
+    let extended = job.lanes.extended_width(plan);
+    let mut pending = 0;
+    let mut filled = 0;
+    for image in images {
+        plan.pad_into(image, &mut scratch.padded, extended, job.lanes.margin);
+        for (slot, &value) in scratch
+            .image
+            .iter_mut()
+            .skip(filled)
+            .step_by(LANES)
+            .zip(&scratch.padded)
+        {
+            *slot = value;
+        }
+        filled += 1;
+        if filled == LANES {
+            flush_image_lanes::<V>(job, scratch, filled);
+            filled = 0;
+            pending += 1;
+            if pending == FOLD_EVERY {
+                scratch.state.fold_into(posterior);
+                pending = 0;
+            }
+        }
+    }
+    if filled > 0 {
+        for lane in filled..LANES {
+            for slot in scratch.image.iter_mut().skip(lane).step_by(LANES) {
+                *slot = 0.0;
+            }
+        }
+        flush_image_lanes::<V>(job, scratch, filled);
+        pending += 1;
+    }
+    if pending > 0 {
+        scratch.state.fold_into(posterior);
+    }
+}
+
+/// Scales the interleaved images of which the first `filled` lanes are
+/// real and adds their candidates.
+#[inline(always)]
+fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled: usize) {
+    let (rows, block) = (&job.lanes.rows[0], &job.lanes.blocks[0]);
+    for (scaled, &value) in scratch.scaled.iter_mut().zip(&scratch.image) {
+        *scaled = job.signal * value as f64;
+    }
+    if filled == LANES {
+        displacement_block::<V, LANES>(job, rows, block, scratch);
+    } else {
+        let mut partial = ColumnBlock {
+            delta: block.delta,
+            first: block.first,
+            penalty: block.penalty.clone(),
+        };
+        for lanes in &mut partial.penalty {
+            lanes[filled..].fill(NOT_A_CANDIDATE);
+        }
+        displacement_block::<V, LANES>(job, rows, &partial, scratch);
+    }
+}
+
 /// Distances for one row displacement and one block of column
 /// displacements, streamed into the softmax states row by row.
 #[inline(always)]
-fn displacement_block<V: Vector>(
+fn displacement_block<V: Vector, const STRIDE: usize>(
     job: &LaneJob<'_>,
     rows: &RowShift,
     block: &ColumnBlock,
@@ -668,6 +772,7 @@ fn displacement_block<V: Vector>(
         row_sums,
         distances,
         state,
+        ..
     } = scratch;
     residual.clear();
     residual.resize(z_cols, [0.0; LANES]);
@@ -694,17 +799,17 @@ fn displacement_block<V: Vector>(
             // Residuals of the row, summed along it by a sliding window.
             let image_row = image_row as usize;
             let q = &query[query_row * pw + block.first..];
-            let p = &scaled[image_row * extended + column_start..];
-            let (q_plane, p_plane) = (ph * pw, ph * extended);
+            let p = &scaled[(image_row * extended + column_start) * STRIDE..];
+            let (q_plane, p_plane) = (ph * pw, ph * extended * STRIDE);
             let mut sum = V::Wide::splat(0.0);
             for (j, e_j) in residual[..width].iter_mut().enumerate() {
-                let e = residual_at::<V>(q, p, q_plane, p_plane, channels, j);
+                let e = residual_at::<V, STRIDE>(q, p, q_plane, p_plane, channels, j);
                 e.store(e_j);
                 sum = sum.add(e);
             }
             sum.store(&mut slot[0]);
             for j in width..z_cols {
-                let e = residual_at::<V>(q, p, q_plane, p_plane, channels, j);
+                let e = residual_at::<V, STRIDE>(q, p, q_plane, p_plane, channels, j);
                 e.store(&mut residual[j]);
                 sum = sum.add(e).sub(V::Wide::load(&residual[j - width]));
                 sum.store(&mut slot[j + 1 - width]);
@@ -714,7 +819,7 @@ fn displacement_block<V: Vector>(
             }
         }
         if i + 1 >= height && rows.valid[i + 1 - height] {
-            softmax_row::<V>(job, rows, block, i + 1 - height, distances, image, state);
+            softmax_row::<V, STRIDE>(job, rows, block, i + 1 - height, distances, image, state);
         }
     }
 }
@@ -722,7 +827,7 @@ fn displacement_block<V: Vector>(
 /// and `p` start at channel 0 of a query row and a scaled training row
 /// and channel planes are `q_plane` and `p_plane` values apart.
 #[inline(always)]
-fn residual_at<V: Vector>(
+fn residual_at<V: Vector, const STRIDE: usize>(
     q: &[f64],
     p: &[f64],
     q_plane: usize,
@@ -730,10 +835,11 @@ fn residual_at<V: Vector>(
     channels: usize,
     j: usize,
 ) -> V::Wide {
-    let r = V::Wide::splat(q[j]).sub(V::Wide::load_slice(&p[j..]));
+    let r = V::Wide::splat(q[j]).sub(V::Wide::load_slice(&p[j * STRIDE..]));
     let mut e = r.mul(r);
     for c in 1..channels {
-        let r = V::Wide::splat(q[c * q_plane + j]).sub(V::Wide::load_slice(&p[c * p_plane + j..]));
+        let r = V::Wide::splat(q[c * q_plane + j])
+            .sub(V::Wide::load_slice(&p[c * p_plane + j * STRIDE..]));
         e = r.mul_add(r, e);
     }
     e
@@ -743,7 +849,7 @@ fn residual_at<V: Vector>(
 /// to the softmax states. The exponent `x = beta (m - d)` is formed in
 /// `f64` and rounded to `f32` only when it is no longer large.
 #[inline(always)]
-fn softmax_row<V: Vector>(
+fn softmax_row<V: Vector, const STRIDE: usize>(
     job: &LaneJob<'_>,
     rows: &RowShift,
     block: &ColumnBlock,
@@ -757,7 +863,7 @@ fn softmax_row<V: Vector>(
     let shape = plan.shape;
     let positions = shape.positions();
     let extended = lanes.extended_width(plan);
-    let stride = plan.padded_height * extended;
+    let stride = plan.padded_height * extended * STRIDE;
     let row = rows.first + i;
     let base = row * shape.width + block.first;
     let image_row = (row as isize + rows.delta) as usize + plan.patch.up();
@@ -766,7 +872,8 @@ fn softmax_row<V: Vector>(
         + block.delta) as usize;
     let zero = V::Wide::splat(0.0);
     let beta = V::Wide::splat(job.beta);
-    let values = &image[value_start..value_start + distances.len() + LANES - 1];
+    let value_start = value_start * STRIDE;
+    let values = &image[value_start..value_start + (distances.len() - 1) * STRIDE + LANES];
     for (j, (d, penalty)) in distances.iter().zip(&block.penalty).enumerate() {
         let position = base + j;
         let distance = V::Wide::load(d).max(zero).add(V::Wide::load(penalty));
@@ -792,11 +899,11 @@ fn softmax_row<V: Vector>(
         if shape.channels == 1 {
             let s = &mut state.sums[position];
             weight
-                .mul_add(V::load_slice(&values[j..]), V::load(s))
+                .mul_add(V::load_slice(&values[j * STRIDE..]), V::load(s))
                 .store(s);
         } else {
             for c in 0..shape.channels {
-                let values = V::load_slice(&image[c * stride + value_start + j..]);
+                let values = V::load_slice(&image[c * stride + value_start + j * STRIDE..]);
                 let s = &mut state.sums[c * positions + position];
                 weight.mul_add(values, V::load(s)).store(s);
             }
@@ -851,5 +958,55 @@ mod tests {
         );
         assert_eq!(exp_bounded(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_bounded(-100.0), 0.0);
+    }
+
+    /// The portable lanes and the dispatched ones (AVX2 where the CPU has
+    /// it) give the same posterior, for every kind of lane plan.
+    #[test]
+    fn portable_lanes_agree_with_dispatched_lanes() {
+        use crate::equivariance::{
+            Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded,
+        };
+        use crate::image::{Image, Shape};
+        use crate::locality::{Locality, SquarePatch};
+
+        fn check(equivariance: &dyn Equivariance, channels: usize, side: usize, images: usize) {
+            let shape = Shape::new(channels, 9, 7).expect("shape");
+            let len = shape.len();
+            let value = |i: usize| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0;
+            let training: Vec<f32> = (0..images * len).map(value).collect();
+            let query: Vec<f32> = (0..len).map(|i| value(i * 31 + 5) * 1.3).collect();
+            let window = SquarePatch::new(side).expect("odd side").window(0.5);
+            let plan = Plan::new(shape, &window, equivariance).expect("plan");
+            let lanes = LanePlan::new(&plan);
+            let job = LaneJob {
+                plan: &plan,
+                lanes: &lanes,
+                signal: 0.8,
+                beta: 0.9,
+            };
+            let run = |portable: bool| {
+                let mut posterior = PartialPosterior::new(shape, job.beta);
+                let mut scratch = job.scratch(&query);
+                let rows = training.chunks_exact(len);
+                if portable {
+                    run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);
+                } else {
+                    job.run(rows, &mut scratch, &mut posterior);
+                }
+                posterior.to_image::<f64>().expect("estimate")
+            };
+            let (portable, dispatched): (Image<f64>, Image<f64>) = (run(true), run(false));
+            for (a, b) in portable.as_slice().iter().zip(dispatched.as_slice()) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} against {b}");
+            }
+        }
+        for images in [1, 7, 8, 19] {
+            check(&SameLocation, 1, 3, images);
+            check(&SameLocation, 3, 5, images);
+            check(&PeriodicInterior, 1, 3, images);
+            check(&PeriodicFull, 3, 3, images);
+            check(&ZeroPadded, 1, 5, images);
+        }
     }
 }
