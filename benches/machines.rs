@@ -8,6 +8,7 @@
 //! ```text
 //! cargo bench --bench machines
 //! cargo bench --bench machines -- 'els/n=5000'
+//! cargo bench --bench machines -- 'sample/els/n=5000'
 //! ```
 
 use std::path::PathBuf;
@@ -149,23 +150,25 @@ fn kernels(c: &mut Criterion) {
 }
 
 fn sampling(c: &mut Criterion) {
-    let training: TrainingSet<f32> = idx::read_mnist_rows(mnist_dir(), 0..1000).expect("MNIST");
-    let shape = training.shape();
-    let scales = ScaleSchedule::new(SCALES.to_vec()).expect("odd sides");
-    let machine = Machine::equivariant_local(training, LegacyCosine, scales).expect("machine");
-    let sampler = Sampler::new(Method::Ddim, 20).expect("steps");
-    let mut group = c.benchmark_group("sample/els/n=1000");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500));
-    group.bench_function("ddim-20", |b| {
-        b.iter(|| {
-            sampler
-                .sample(&machine, initial_noise::<f32>(shape, 3), None, &mut ())
-                .expect("sample")
-        })
-    });
-    group.finish();
+    for size in SIZES {
+        let training: TrainingSet<f32> = idx::read_mnist_rows(mnist_dir(), 0..size).expect("MNIST");
+        let shape = training.shape();
+        let scales = ScaleSchedule::new(SCALES.to_vec()).expect("odd sides");
+        let machine = Machine::equivariant_local(training, LegacyCosine, scales).expect("machine");
+        let sampler = Sampler::new(Method::Ddim, 20).expect("steps");
+        let mut group = c.benchmark_group(format!("sample/els/n={size}"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500));
+        group.bench_function("ddim-20", |b| {
+            b.iter(|| {
+                sampler
+                    .sample(&machine, initial_noise::<f32>(shape, 3), None, &mut ())
+                    .expect("sample")
+            })
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, kernels, evaluations, sampling);
