@@ -413,6 +413,11 @@ fn mnist_digits_f32_agree_with_reference() {
         &[
             mnist_case(0.3, 3, 1, &[Is, Ls, Els, ElsPeriodic, BbEls]),
             mnist_case(0.7, 5, 0, &[Is, Ls, Els, BbEls]),
+            // Very low noise (beta near 4000): the reference distance is
+            // lowered often and most candidates are negligible.
+            mnist_case(0.02, 3, 0, &[Is, Ls, Els, BbEls]),
+            // Pure noise: every candidate carries weight.
+            mnist_case(1.0, 9, 1, &[Ls, Els, BbEls]),
         ],
     );
 }
