@@ -12,8 +12,9 @@
 //! ```
 //!
 //! and feeds each finished row of window distances `D` straight into the
-//! softmax, so the cost per comparison does not grow with the patch side
-//! and every buffer stays in the first-level cache. Residuals, window sums
+//! softmax. The cost per residual does not depend on the patch side, and
+//! the buffers are one row of residuals, a ring of `h` rows of row sums
+//! and one row of distances (tens of kilobytes at most). Residuals, window sums
 //! and the reference distance are `f64`, so that the softmax exponent
 //! `beta (d - m)` keeps its accuracy when `beta d` is large (small `t`,
 //! large windows); weights, normalisers and weighted sums are `f32`.
@@ -28,9 +29,9 @@
 //!
 //! with no rescaling as long as `beta (m - d) <= 8`; a candidate further
 //! below the reference first lowers `m` and rescales the position's lanes.
-//! After every few training images the lanes are folded into the `f64`
-//! [`PartialPosterior`], so no `f32` sum runs over more than a few thousand
-//! terms.
+//! After every `FOLD_EVERY` training images per lane the lanes are folded
+//! into the `f64` [`PartialPosterior`], so no `f32` sum runs over more than
+//! `FOLD_EVERY (2 H - 1)` terms (a few thousand for small images).
 
 use super::plan::{Plan, Shift};
 use super::posterior::PartialPosterior;
@@ -52,9 +53,10 @@ const NOT_A_CANDIDATE: f64 = 1e300;
 const NO_CANDIDATE_ABOVE: f64 = 0.5e300;
 
 /// The largest exponent `beta (m - d)` added without lowering the
-/// reference `m`: weights stay below `e^8`, so that `FOLD_EVERY` images of
-/// candidates of magnitude up to `1e30` (the fast path's bound) sum to far
-/// less than the `f32` maximum.
+/// reference `m`: weights stay below `e^8`. A lane sums at most
+/// `FOLD_EVERY` images times `2 H - 1` row displacements of them, so with
+/// training values up to `1e20` (the fast path's bound) its sums stay far
+/// below the `f32` maximum for any image size.
 const ABOVE_REFERENCE: f32 = 8.0;
 
 /// Training images per worker: about four chunks per core, each a multiple
@@ -196,6 +198,9 @@ impl LanePlan {
 /// distance, and per lane a normaliser and weighted sums relative to it.
 struct LaneState {
     reference: Vec<f64>,
+    /// Per lane, the smallest distance that carried weight since the
+    /// last fold.
+    nearest: Vec<WideLanes>,
     normaliser: Vec<Lanes>,
     sums: Vec<Lanes>,
 }
@@ -204,28 +209,42 @@ impl LaneState {
     fn new(positions: usize, channels: usize) -> Self {
         LaneState {
             reference: vec![f64::INFINITY; positions],
+            nearest: vec![[f64::INFINITY; LANES]; positions],
             normaliser: vec![[0.0; LANES]; positions],
             sums: vec![[0.0; LANES]; positions * channels],
         }
     }
 
-    /// Moves every position into `posterior` and clears the state, keeping
-    /// as reference the smallest distance the posterior has seen there, so
-    /// that later candidates far above it are recognised as negligible.
-    fn fold_into(&mut self, posterior: &mut PartialPosterior) {
+    /// Moves every position into `posterior`, relative to the smallest
+    /// distance that carried weight (so that the posterior keeps the exact
+    /// nearest distance and a largest weight of 1), and clears the state,
+    /// keeping as reference the smallest distance the posterior has seen
+    /// there, so that later candidates far above it are recognised as
+    /// negligible.
+    fn fold_into(&mut self, posterior: &mut PartialPosterior, beta: f64) {
         let positions = self.reference.len();
         for position in 0..positions {
             let normaliser: f64 = self.normaliser[position].iter().map(|&z| z as f64).sum();
             if normaliser > 0.0 {
+                let nearest = self.nearest[position]
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min);
+                // exp(-beta (d - nearest)) = exp(beta (m - d)) exp(beta (nearest - m)),
+                // a factor between e^-8 (the reference is lowered below that)
+                // and e^32 (candidates further above are skipped).
+                let factor = (beta * (nearest - self.reference[position])).exp();
                 let sums = &self.sums;
-                posterior.merge_position(position, self.reference[position], normaliser, |c| {
+                posterior.merge_position(position, nearest, normaliser * factor, |c| {
                     sums[c * positions + position]
                         .iter()
                         .map(|&s| s as f64)
-                        .sum()
+                        .sum::<f64>()
+                        * factor
                 });
             }
             self.reference[position] = posterior.min_distances()[position];
+            self.nearest[position] = [f64::INFINITY; LANES];
             self.normaliser[position] = [0.0; LANES];
         }
         self.sums.fill([0.0; LANES]);
@@ -356,6 +375,7 @@ trait Wide: Copy {
     fn mul(self, other: Self) -> Self;
     /// `self * other + addend`.
     fn mul_add(self, other: Self, addend: Self) -> Self;
+    fn min(self, other: Self) -> Self;
     fn max(self, other: Self) -> Self;
     /// Rounds to `f32`.
     fn narrow(self) -> Self::Narrow;
@@ -442,6 +462,10 @@ impl Wide for PortableWide {
         PortableWide(std::array::from_fn(|l| {
             self.0[l] * other.0[l] + addend.0[l]
         }))
+    }
+    #[inline(always)]
+    fn min(self, other: Self) -> Self {
+        PortableWide(std::array::from_fn(|l| self.0[l].min(other.0[l])))
     }
     #[inline(always)]
     fn max(self, other: Self) -> Self {
@@ -617,6 +641,15 @@ mod avx2 {
             }
         }
         #[inline(always)]
+        fn min(self, other: Self) -> Self {
+            unsafe {
+                AvxWide(
+                    _mm256_min_pd(self.0, other.0),
+                    _mm256_min_pd(self.1, other.1),
+                )
+            }
+        }
+        #[inline(always)]
         fn max(self, other: Self) -> Self {
             unsafe {
                 AvxWide(
@@ -662,12 +695,12 @@ fn run_with<'i, V: Vector>(
         }
         pending += 1;
         if pending == FOLD_EVERY {
-            scratch.state.fold_into(posterior);
+            scratch.state.fold_into(posterior, job.beta);
             pending = 0;
         }
     }
     if pending > 0 {
-        scratch.state.fold_into(posterior);
+        scratch.state.fold_into(posterior, job.beta);
     }
 }
 
@@ -702,7 +735,7 @@ fn run_image_lanes<'i, V: Vector>(
             filled = 0;
             pending += 1;
             if pending == FOLD_EVERY {
-                scratch.state.fold_into(posterior);
+                scratch.state.fold_into(posterior, job.beta);
                 pending = 0;
             }
         }
@@ -717,7 +750,7 @@ fn run_image_lanes<'i, V: Vector>(
         pending += 1;
     }
     if pending > 0 {
-        scratch.state.fold_into(posterior);
+        scratch.state.fold_into(posterior, job.beta);
     }
 }
 
@@ -893,6 +926,8 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
         } else if exponent.all_below(-NEGLIGIBLE) {
             continue;
         }
+        let nearest = &mut state.nearest[position];
+        distance.min(V::Wide::load(nearest)).store(nearest);
         let weight = exponent.exp();
         let z = &mut state.normaliser[position];
         V::load(z).add(weight).store(z);

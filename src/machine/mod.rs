@@ -323,13 +323,14 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 whole::whole_image(&self.training, rows, query, signal, beta)
             }));
         }
-        // The f32 lanes hold weighted sums of up to a few million values:
-        // keep them far from the f32 range, and beta where its f32 form and
-        // the skipping bound of the lane kernel hold.
+        // The f32 lanes hold sums of up to `16 (2 H - 1)` weights of at most
+        // e^8 times training values: with values up to 1e20 they stay far
+        // from the f32 range for any image size. Keep beta where its f32
+        // form and the skipping bound of the lane kernel hold.
         let fast = T::as_f32(self.training.as_slice()).filter(|_| {
             plan.patch.is_uniform()
                 && (1e-30..=1e30).contains(&beta)
-                && largest_training <= 1e30
+                && largest_training <= 1e20
                 && largest_query <= 1e30
         });
         if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
@@ -637,6 +638,74 @@ mod tests {
                             b.err()
                         ),
                     }
+                }
+            }
+        }
+    }
+
+    /// The `f32` kernel's softmax state keeps the exact nearest distance
+    /// and a largest weight of 1, like the `f64` kernel's: same minimum
+    /// distances and normalisers, for every patch machine and many
+    /// images (several folds and chunks).
+    #[test]
+    fn lane_kernel_posterior_matches_f64_posterior() {
+        let shape = Shape::new(1, 12, 10).unwrap();
+        let pixels: Vec<f32> = (0..150 * shape.len())
+            .map(|i| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let wide: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
+        let narrow_set = TrainingSet::new(shape, pixels, None).unwrap();
+        let wide_set = TrainingSet::new(shape, wide, None).unwrap();
+        let query: Vec<f32> = (0..shape.len())
+            .map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let narrow_query = Image::from_vec(shape, query).unwrap();
+        let wide_query: Image<f64> = narrow_query.cast();
+        let local = SquarePatch::new(3).unwrap();
+        for t in [0.02, 0.5, 1.0] {
+            let narrow = [
+                Machine::local(narrow_set.clone(), LegacyCosine, local.clone())
+                    .unwrap()
+                    .posterior(&narrow_query, t, None),
+                Machine::equivariant_local(narrow_set.clone(), LegacyCosine, local.clone())
+                    .unwrap()
+                    .posterior(&narrow_query, t, None),
+                Machine::equivariant_local_zero_padded(
+                    narrow_set.clone(),
+                    LegacyCosine,
+                    local.clone(),
+                )
+                .unwrap()
+                .posterior(&narrow_query, t, None),
+            ];
+            let wide = [
+                Machine::local(wide_set.clone(), LegacyCosine, local.clone())
+                    .unwrap()
+                    .posterior(&wide_query, t, None),
+                Machine::equivariant_local(wide_set.clone(), LegacyCosine, local.clone())
+                    .unwrap()
+                    .posterior(&wide_query, t, None),
+                Machine::equivariant_local_zero_padded(
+                    wide_set.clone(),
+                    LegacyCosine,
+                    local.clone(),
+                )
+                .unwrap()
+                .posterior(&wide_query, t, None),
+            ];
+            for (index, (narrow, wide)) in narrow.into_iter().zip(wide).enumerate() {
+                let (narrow, wide) = (narrow.unwrap(), wide.unwrap());
+                for (a, b) in narrow.min_distances().iter().zip(wide.min_distances()) {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                        "machine {index}, t {t}: nearest {a} vs {b}"
+                    );
+                }
+                for (a, b) in narrow.normalisers().iter().zip(wide.normalisers()) {
+                    assert!(
+                        (a - b).abs() <= 2e-5 * b.abs(),
+                        "machine {index}, t {t}: normaliser {a} vs {b}"
+                    );
                 }
             }
         }

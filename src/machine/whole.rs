@@ -49,7 +49,7 @@ pub(crate) fn whole_image<T: Real>(
 /// Partial sums per lane, so that the sum vectorises.
 const ACCUMULATORS: usize = 8;
 
-/// `||q - a p||^2` in `f64`, on the widest vectors the CPU offers.
+/// `||q - a p||^2` in `f64`, with AVX2 and FMA when the CPU has them.
 fn squared_distance<T: Real>(image: &[T], query: &[T], signal: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -93,7 +93,7 @@ fn squared_distance_portable<T: Real>(image: &[T], query: &[T], signal: f64) -> 
     partial.iter().sum::<f64>() + tail
 }
 
-/// `sums += weight * image`, on the widest vectors the CPU offers.
+/// `sums += weight * image`, with AVX2 and FMA when the CPU has them.
 fn add_weighted<T: Real>(sums: &mut [f64], image: &[T], weight: f64) {
     #[cfg(target_arch = "x86_64")]
     {
