@@ -711,6 +711,59 @@ mod tests {
         }
     }
 
+    /// Shards of an `f32` training set, evaluated apart by the lane kernel
+    /// and merged, give the whole set's answer to `1e-6`.
+    #[test]
+    fn merged_f32_shards_equal_the_whole_set() {
+        let shape = Shape::new(1, 12, 10).unwrap();
+        let pixels: Vec<f32> = (0..150 * shape.len())
+            .map(|i| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let whole = TrainingSet::new(shape, pixels, None).unwrap();
+        let first: Vec<usize> = (0..150).filter(|i| i % 3 == 0).collect();
+        let rest: Vec<usize> = (0..150).filter(|i| i % 3 != 0).collect();
+        let (first, rest) = (whole.select(&first).unwrap(), whole.select(&rest).unwrap());
+        let query: Vec<f32> = (0..shape.len())
+            .map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let x = Image::from_vec(shape, query).unwrap();
+        let mut worst: f64 = 0.0;
+        for t in [0.05, 0.5, 1.0] {
+            for side in [1, 3, 7] {
+                let local = SquarePatch::new(side).unwrap();
+                let posterior = |set: &TrainingSet<f32>, kind: usize| {
+                    let set = set.clone();
+                    match kind {
+                        0 => Machine::local(set, LegacyCosine, local.clone())
+                            .unwrap()
+                            .posterior(&x, t, None),
+                        1 => Machine::equivariant_local(set, LegacyCosine, local.clone())
+                            .unwrap()
+                            .posterior(&x, t, None),
+                        _ => {
+                            Machine::equivariant_local_zero_padded(set, LegacyCosine, local.clone())
+                                .unwrap()
+                                .posterior(&x, t, None)
+                        }
+                    }
+                    .unwrap()
+                };
+                for kind in 0..3 {
+                    let mut merged = posterior(&first, kind);
+                    merged.merge(&posterior(&rest, kind)).unwrap();
+                    let merged: Image<f64> = merged.to_image().unwrap();
+                    let single: Image<f64> = posterior(&whole, kind).to_image().unwrap();
+                    for (a, b) in merged.as_slice().iter().zip(single.as_slice()) {
+                        let error = (a - b).abs() / b.abs().max(1.0);
+                        worst = worst.max(error);
+                        assert!(error <= 1e-6, "machine {kind}, t {t}, k {side}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+        println!("merged f32 shards: worst relative difference {worst:.2e}");
+    }
+
     #[test]
     fn unknown_class_is_an_error() {
         let set = training();
