@@ -552,21 +552,34 @@ mod tests {
 
     type Pair = (Result<Image<f32>>, Result<Image<f64>>);
 
-    /// The `f32` lane kernel against the `f64` kernel on the same values.
-    #[test]
-    fn lane_kernel_matches_f64_kernel() {
-        let shape = Shape::new(2, 9, 13).unwrap();
-        let pixels: Vec<f32> = (0..7 * shape.len())
+    /// `images` deterministic `f32` training images of `shape` and a query,
+    /// and the same values widened to `f64`.
+    fn same_values(
+        images: usize,
+        shape: Shape,
+    ) -> (TrainingSet<f32>, TrainingSet<f64>, Image<f32>, Image<f64>) {
+        let pixels: Vec<f32> = (0..images * shape.len())
             .map(|i| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0)
             .collect();
         let wide: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
-        let narrow_set = TrainingSet::new(shape, pixels, None).unwrap();
-        let wide_set = TrainingSet::new(shape, wide, None).unwrap();
         let query: Vec<f32> = (0..shape.len())
             .map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0)
             .collect();
         let narrow_query = Image::from_vec(shape, query).unwrap();
-        let wide_query: Image<f64> = narrow_query.cast();
+        let wide_query = narrow_query.cast();
+        (
+            TrainingSet::new(shape, pixels, None).unwrap(),
+            TrainingSet::new(shape, wide, None).unwrap(),
+            narrow_query,
+            wide_query,
+        )
+    }
+
+    /// The `f32` lane kernel against the `f64` kernel on the same values.
+    #[test]
+    fn lane_kernel_matches_f64_kernel() {
+        let shape = Shape::new(2, 9, 13).unwrap();
+        let (narrow_set, wide_set, narrow_query, wide_query) = same_values(7, shape);
         for side in [1, 3, 5, 9, 15] {
             let local = SquarePatch::new(side).unwrap();
             for t in [0.05, 0.3, 0.9] {
@@ -650,17 +663,7 @@ mod tests {
     #[test]
     fn lane_kernel_posterior_matches_f64_posterior() {
         let shape = Shape::new(1, 12, 10).unwrap();
-        let pixels: Vec<f32> = (0..150 * shape.len())
-            .map(|i| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0)
-            .collect();
-        let wide: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
-        let narrow_set = TrainingSet::new(shape, pixels, None).unwrap();
-        let wide_set = TrainingSet::new(shape, wide, None).unwrap();
-        let query: Vec<f32> = (0..shape.len())
-            .map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0)
-            .collect();
-        let narrow_query = Image::from_vec(shape, query).unwrap();
-        let wide_query: Image<f64> = narrow_query.cast();
+        let (narrow_set, wide_set, narrow_query, wide_query) = same_values(150, shape);
         let local = SquarePatch::new(3).unwrap();
         for t in [0.02, 0.5, 1.0] {
             let narrow = [
@@ -716,17 +719,10 @@ mod tests {
     #[test]
     fn merged_f32_shards_equal_the_whole_set() {
         let shape = Shape::new(1, 12, 10).unwrap();
-        let pixels: Vec<f32> = (0..150 * shape.len())
-            .map(|i| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0)
-            .collect();
-        let whole = TrainingSet::new(shape, pixels, None).unwrap();
+        let (whole, _, x, _) = same_values(150, shape);
         let first: Vec<usize> = (0..150).filter(|i| i % 3 == 0).collect();
         let rest: Vec<usize> = (0..150).filter(|i| i % 3 != 0).collect();
         let (first, rest) = (whole.select(&first).unwrap(), whole.select(&rest).unwrap());
-        let query: Vec<f32> = (0..shape.len())
-            .map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0)
-            .collect();
-        let x = Image::from_vec(shape, query).unwrap();
         let mut worst: f64 = 0.0;
         for t in [0.05, 0.5, 1.0] {
             for side in [1, 3, 7] {
