@@ -295,6 +295,16 @@ pub(crate) struct LaneScratch {
     state: LaneState,
 }
 
+impl LaneScratch {
+    /// `scaled = a * image`, widened.
+    #[inline(always)]
+    fn scale_image(&mut self, signal: f64) {
+        for (scaled, &value) in self.scaled.iter_mut().zip(&self.image) {
+            *scaled = signal * value as f64;
+        }
+    }
+}
+
 /// Everything a worker needs that is shared by all training images.
 pub(crate) struct LaneJob<'a> {
     pub plan: &'a Plan,
@@ -685,9 +695,7 @@ fn run_with<'i, V: Vector>(
     let mut pending = 0;
     for image in images {
         plan.pad_into(image, &mut scratch.image, extended, job.lanes.margin);
-        for (scaled, &value) in scratch.scaled.iter_mut().zip(&scratch.image) {
-            *scaled = job.signal * value as f64;
-        }
+        scratch.scale_image(job.signal);
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
                 displacement_block::<V, 1>(job, rows, block, scratch);
@@ -759,9 +767,7 @@ fn run_image_lanes<'i, V: Vector>(
 #[inline(always)]
 fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled: usize) {
     let (rows, block) = (&job.lanes.rows[0], &job.lanes.blocks[0]);
-    for (scaled, &value) in scratch.scaled.iter_mut().zip(&scratch.image) {
-        *scaled = job.signal * value as f64;
-    }
+    scratch.scale_image(job.signal);
     if filled == LANES {
         displacement_block::<V, LANES>(job, rows, block, scratch);
     } else {
