@@ -11,7 +11,8 @@
 //!
 //! By default it reads the zero-padding CNN of the shared data
 //! (`SCORE_MACHINES_DATA`, else `../shared/data` next to the crate),
-//! calibrates on its first 8 trajectories, evaluates on the others, prints
+//! calibrates on its first 8 trajectories (with the first 1,000 training
+//! digits), evaluates on the others with all 5,000, prints
 //! a table and writes `reproduce.png`. `--help` lists the options; errors
 //! print one line `error: ...` and exit with code 2.
 
@@ -35,12 +36,15 @@ usage: reproduce [options]
                           final.npy, times.npy); default DATA/cnn-mnist/zeros
   --mnist DIR             MNIST IDX folder of the training set; default DATA/mnist
   --rows A..B             training rows (default 0..5000, the networks' training set)
+  --calibrate-rows A..B   training rows of the calibration (default: the first 1000
+                          of --rows); the sampled comparison always uses --rows
   --machine M             auto | bbels | els | els-periodic | ls | is; auto (default)
                           is els for a circular-padding network (from its meta.json),
                           else bbels
   --scales S              auto (calibrate, default) | published | K,K,...
                           (one odd patch side per step, low noise first)
-  --candidates K,K,...    candidate sides of the calibration (default 1,3,...,27)
+  --candidates K,K,...    candidate sides of the calibration (default 1,3,...,17;
+                          the shared networks see 17x17 pixels)
   --criterion C           cosine (default) | l2
   --calibrate-seeds A..B  trajectories to calibrate on (default 0..8)
   --seeds A..B            trajectories to evaluate on (default 8..M)
@@ -57,6 +61,7 @@ struct Options {
     network: Option<PathBuf>,
     mnist: Option<PathBuf>,
     rows: Range<usize>,
+    calibrate_rows: Option<Range<usize>>,
     machine: String,
     scales: String,
     candidates: Vec<usize>,
@@ -94,9 +99,10 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         network: None,
         mnist: None,
         rows: 0..5000,
+        calibrate_rows: None,
         machine: "auto".into(),
         scales: "auto".into(),
-        candidates: (1..=27).step_by(2).collect(),
+        candidates: (1..=17).step_by(2).collect(),
         criterion: Criterion::Cosine,
         calibrate_seeds: 0..8,
         seeds: None,
@@ -115,6 +121,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--network" => options.network = Some(PathBuf::from(value)),
             "--mnist" => options.mnist = Some(PathBuf::from(value)),
             "--rows" => options.rows = parse_range(flag, value)?,
+            "--calibrate-rows" => options.calibrate_rows = Some(parse_range(flag, value)?),
             "--machine" => options.machine = value.clone(),
             "--scales" => options.scales = value.clone(),
             "--candidates" => options.candidates = parse_sides(flag, value)?,
@@ -295,21 +302,29 @@ fn run(options: Options) -> Result<(), String> {
             let calibration_set = recording
                 .select(options.calibrate_seeds.clone())
                 .map_err(text)?;
+            let rows = options.calibrate_rows.clone().unwrap_or_else(|| {
+                options.rows.start..options.rows.end.min(options.rows.start + 1000)
+            });
+            let calibration_training: TrainingSet<f32> =
+                idx::read_mnist_rows(&mnist, rows.clone()).map_err(text)?;
             let total = options.candidates.len() * steps * calibration_set.len();
             let progress = bar(total, "calibrating");
             let started = Instant::now();
             let calibration = Calibration::run(
                 &calibration_set,
                 &options.candidates,
-                |side| build(kind, &training, SquarePatch::new(side)?),
+                |side| build(kind, &calibration_training, SquarePatch::new(side)?),
                 |_: CalibrationProgress| progress.inc(1),
             )
             .map_err(text)?;
             progress.finish_and_clear();
             println!(
-                "calibrated on trajectories {}..{} over sides {:?} in {:.1} s:\n{calibration}",
+                "calibrated on trajectories {}..{} with training rows {}..{} over sides {:?} \
+                 in {:.1} s:\n{calibration}",
                 options.calibrate_seeds.start,
                 options.calibrate_seeds.end,
+                rows.start,
+                rows.end,
                 calibration.candidates(),
                 started.elapsed().as_secs_f64()
             );
