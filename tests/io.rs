@@ -46,7 +46,8 @@ fn format_reason<V: std::fmt::Debug>(result: score_machines::Result<V>, path: &P
     }
 }
 
-/// The pixel value of byte `p` in the storage type, as SPEC.md defines it.
+/// The pixel value of byte `p` in the storage type, `(p / 255 - 0.5) / 0.5`,
+/// as the `io::idx` module documentation defines it.
 fn spec_pixel<T: Real>(p: u8) -> T {
     T::narrow((p as f64 / 255.0 - 0.5) / 0.5)
 }
