@@ -8,7 +8,8 @@
 //! Arrays are `float32` in C order: the training images `[N, C, H, W]`, the
 //! noisy inputs `[B, C, H, W]`; the output has the input's shape. Any bad
 //! file, type, shape or option prints one line `error: ...` on stderr and
-//! exits with code 2. Run with `--help` for every option.
+//! exits with code 2; success prints one line naming the file written and
+//! its shape. Run with `--help` for every option.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,7 +28,8 @@ usage: score --machine MACHINE [--k K] --t T --train TRAIN.npy --input X.npy --o
               bbels (equivariant local, zero padding)
   --k         odd patch side; required by ls, els, els-periodic and bbels,
               ignored by is and es
-  --t         time in [0, 1]
+  --t         time in [0, 1]; the score and eps need s(t) > 0, so t = 0 (no
+              noise) works only with --output x0
   --train     training images, float32 [N, C, H, W]
   --input     noisy images, float32 [B, C, H, W] with the training C, H, W
   --out       output file, float32 with the input's shape
@@ -281,7 +283,18 @@ fn run(options: &Options) -> Result<(), String> {
             .map_err(text)?;
         output.extend_from_slice(out.as_slice());
     }
-    npy::write_array(&options.out, &input_shape, &output).map_err(text)
+    npy::write_array(&options.out, &input_shape, &output).map_err(text)?;
+    let what = match options.output {
+        Prediction::Score => "score",
+        Prediction::CleanImage => "x0",
+        Prediction::Noise => "eps",
+    };
+    println!(
+        "wrote {}: {what} of {} images, float32 {input_shape:?}",
+        options.out.display(),
+        input_shape[0]
+    );
+    Ok(())
 }
 
 fn build(
