@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Without `--mnist` it uses the 1,797 UCI handwritten digits (8x8, embedded
-//! in the `smartcore` crate), so it needs no file. `--help` lists the options.
+//! in the `smartcore` crate), so it needs no file. `--mnist DIR` reads the
+//! train split of the IDX files in DIR if it is there, otherwise the test
+//! split (`t10k-*`). `--help` lists the options.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
@@ -26,7 +28,9 @@ use score_machines::sampler::{Method, Sampler, StepRecord, initial_noise};
 const USAGE: &str = "\
 usage: generate [options]
 
-  --mnist DIR        train on IDX files in DIR (MNIST or Fashion-MNIST);
+  --mnist DIR        train on IDX files in DIR (MNIST or Fashion-MNIST): the
+                     train split (train-*-ubyte, raw or .gz) if DIR holds
+                     it, otherwise the test split (t10k-*-ubyte);
                      default: the embedded 8x8 UCI digits
   --rows A..B        training rows of the IDX files (default 0..5000)
   --machine M        is | ls | els | bbels (default bbels: ELS with
@@ -43,9 +47,9 @@ usage: generate [options]
                      (default 0.1)
   --out FILE.png     output grid (default generated.png); its folder must
                      exist
+  --help             this text
 
-Every error prints one line `error: ...` and exits with status 2.
-  --help             this text";
+Every error prints one line `error: ...` and exits with status 2.";
 
 /// Scale schedule for 28x28 images: the one published for a zero-padded
 /// MNIST ResNet, entry j for the step at t = (j + 1) / 20.
