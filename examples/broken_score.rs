@@ -13,6 +13,16 @@ use score_machines::locality::Patch;
 use score_machines::prelude::*;
 use score_machines::testing::*;
 
+const USAGE: &str = "\
+usage: broken_score
+
+Checks the locality of a score function that claims a 3 x 3 window but
+reads two columns to the right, under proptest with a fixed seed. Prints
+the first failing input, the minimal counterexample proptest shrinks it to,
+the verdict on it, and the function's effective receptive field.
+
+  --help, -h  print this message";
+
 /// A "denoiser" whose output pixel `(r, c)` is its input plus half of the
 /// input two columns to the right, when there is one.
 fn peeking_denoiser() -> impl ScoreFunction<f64> {
@@ -47,6 +57,17 @@ fn locality(x: &Image<f64>, t: f64) -> score_machines::Result<Verdict> {
 }
 
 fn main() -> score_machines::Result<()> {
+    if let Some(arg) = std::env::args_os().nth(1) {
+        if arg == "--help" || arg == "-h" {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        eprintln!(
+            "error: unknown argument {:?}; broken_score takes no options (see --help)",
+            arg.to_string_lossy()
+        );
+        std::process::exit(2);
+    }
     let config = Config {
         cases: 64,
         failure_persistence: None,
