@@ -105,7 +105,11 @@ fn small_calibrated_run_prints_a_table_and_writes_the_grid() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("machine bbels"), "{stdout}");
-    assert!(stdout.contains("calibrated on trajectories 0..1 over sides [3, 5]"));
+    assert!(
+        stdout
+            .contains("calibrated on trajectories 0..1 with training rows 0..3 over sides [3, 5]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("fraction beating IS"), "{stdout}");
     let schedule = stdout
         .lines()
