@@ -220,7 +220,7 @@ fn output_matches_the_machines_called_directly() {
         );
     }
 
-    // The ELS output file against the brute-force reference of SPEC.
+    // The ELS output file against the brute-force reference (docs/machines.md).
     let (_, written) = npy::read_array::<f32>(dir.join("out2.npy")).unwrap();
     for (x, got) in inputs.iter().zip(written.chunks(shape.len())) {
         let problem = reference::Problem::new(&training, x, &LegacyCosine, 0.3);

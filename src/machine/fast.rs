@@ -38,8 +38,8 @@ use super::posterior::PartialPosterior;
 
 /// Candidate columns handled together.
 pub(crate) const LANES: usize = 8;
-type Lanes = [f32; LANES];
-type WideLanes = [f64; LANES];
+pub(crate) type Lanes = [f32; LANES];
+pub(crate) type WideLanes = [f64; LANES];
 
 /// The distance given to a lane that is no candidate for an output pixel.
 ///
@@ -57,7 +57,7 @@ const NO_CANDIDATE_ABOVE: f64 = 0.5e300;
 /// `FOLD_EVERY` images times `2 H - 1` row displacements of them, so with
 /// training values up to `1e20` (the fast path's bound) its sums stay far
 /// below the `f32` maximum for any image size.
-const ABOVE_REFERENCE: f32 = 8.0;
+pub(crate) const ABOVE_REFERENCE: f32 = 8.0;
 
 /// Training images per worker: about four chunks per core, each a multiple
 /// of [`FOLD_EVERY`], so that most folds start from a known minimum.
@@ -75,7 +75,7 @@ pub(crate) fn chunk_len(images: usize) -> usize {
 /// the output pixel), are skipped: each such weight is below
 /// `exp(-32) = 1.3e-14` of the largest, so even `10^7` of them change an
 /// output pixel by less than `1.3e-7` of the range of the training values.
-const NEGLIGIBLE: f32 = 32.0;
+pub(crate) const NEGLIGIBLE: f32 = 32.0;
 
 /// Training images whose lane states are folded together into `f64`.
 pub(crate) const FOLD_EVERY: usize = 16;
@@ -354,7 +354,7 @@ impl LaneJob<'_> {
 }
 
 /// Eight `f32` lanes and the operations the kernel needs.
-trait Vector: Copy {
+pub(crate) trait Vector: Copy {
     /// The same eight lanes in `f64`.
     type Wide: Wide<Narrow = Self>;
     fn load(lanes: &Lanes) -> Self;
@@ -373,7 +373,7 @@ trait Vector: Copy {
 }
 
 /// Eight `f64` lanes.
-trait Wide: Copy {
+pub(crate) trait Wide: Copy {
     type Narrow;
     fn splat(value: f64) -> Self;
     fn load(lanes: &WideLanes) -> Self;
@@ -393,11 +393,11 @@ trait Wide: Copy {
 
 /// The portable lanes: plain arrays.
 #[derive(Clone, Copy)]
-struct Portable(Lanes);
+pub(crate) struct Portable(Lanes);
 
 /// The portable wide lanes.
 #[derive(Clone, Copy)]
-struct PortableWide(WideLanes);
+pub(crate) struct PortableWide(WideLanes);
 
 impl Vector for Portable {
     type Wide = PortableWide;
@@ -488,7 +488,7 @@ impl Wide for PortableWide {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     //! The lanes as AVX2 registers. Every function here is compiled with
     //! AVX2 and FMA enabled and is reached only through [`run`], which its
     //! caller enters after checking that the CPU has both.
@@ -499,10 +499,10 @@ mod avx2 {
     use crate::machine::posterior::PartialPosterior;
 
     #[derive(Clone, Copy)]
-    pub(super) struct Avx(__m256);
+    pub(crate) struct Avx(__m256);
 
     #[derive(Clone, Copy)]
-    pub(super) struct AvxWide(__m256d, __m256d);
+    pub(crate) struct AvxWide(__m256d, __m256d);
 
     /// # Safety
     ///

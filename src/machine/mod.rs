@@ -1,6 +1,7 @@
 //! The score machine: a softmax-weighted average of training patches,
 //! built from a noise schedule, a locality and an equivariance constraint.
 
+mod distinct;
 mod fast;
 mod kernel;
 mod plan;
@@ -79,6 +80,8 @@ pub struct Machine<T, S, L, E> {
     schedule: S,
     locality: L,
     equivariance: E,
+    /// Distinct small candidate windows, collected on first use.
+    distinct: distinct::DistinctCache,
 }
 
 /// The ideal score machine (IS).
@@ -211,6 +214,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             schedule,
             locality,
             equivariance,
+            distinct: distinct::DistinctCache::default(),
         })
     }
 
@@ -334,15 +338,93 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 && largest_query <= 1e30
         });
         if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
-            return Ok(self.stream_f32(&plan, images, query, signal, beta, &rows));
+            return Ok(self.stream_f32(&plan, images, query, signal, beta, &rows, class));
         }
         let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
         plan.pad(x.as_slice(), &mut query);
         Ok(self.stream(&plan, &query, signal, beta, &rows))
     }
 
-    /// The `f32` path: eight candidate columns at a time, see [`fast`].
+    /// The `f32` path. Output pixels that share a candidate set of small,
+    /// often repeated windows compare each distinct window once (see
+    /// [`distinct`]); the others take eight candidate columns at a time
+    /// (see [`fast`]).
+    #[allow(clippy::too_many_arguments)]
     fn stream_f32(
+        &self,
+        plan: &Plan,
+        images: &[f32],
+        query: &[f32],
+        signal: f64,
+        beta: f64,
+        rows: &[usize],
+        class: Option<usize>,
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let len = shape.len();
+        let patch = &plan.patch;
+        let set = distinct::small_enough(patch.height() * patch.width() * shape.channels)
+            .then(|| distinct::SharedSet::of(plan))
+            .flatten();
+        if let Some(set) = set {
+            let key = distinct::CacheKey {
+                class,
+                extent: [patch.up(), patch.down(), patch.left(), patch.right()],
+                set: set.clone(),
+            };
+            let patches = self.distinct.get_or_collect(key, || {
+                distinct::DistinctPatches::collect(
+                    plan,
+                    &set,
+                    rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
+                )
+            });
+            if distinct::worthwhile(&patches) {
+                let positions = set.positions();
+                let mut padded =
+                    vec![0.0f32; plan.padded_height * plan.padded_width * shape.channels];
+                plan.pad(query, &mut padded);
+                let windows = distinct::DistinctJob::query_windows(plan, &padded, &positions);
+                let job = distinct::DistinctJob {
+                    plan,
+                    patches: &patches,
+                    positions: &positions,
+                    queries: &windows,
+                    signal,
+                    beta,
+                };
+                let blocks: Vec<usize> = (0..job.blocks()).collect();
+                let mut posterior =
+                    self.reduce(&blocks, distinct::chunk_len(blocks.len()), beta, |part| {
+                        let mut posterior = PartialPosterior::new(shape, beta);
+                        job.run(part[0]..part[part.len() - 1] + 1, &mut posterior);
+                        posterior
+                    });
+                // The output pixels outside the shared set: the rows outside
+                // it in full, and the columns outside it on its rows.
+                let outside_rows: Vec<bool> = set.rows.iter().map(|&r| !r).collect();
+                let outside_cols: Vec<bool> = set.cols.iter().map(|&c| !c).collect();
+                let all_cols = vec![true; set.cols.len()];
+                for rest in [
+                    plan.restricted(&outside_rows, &all_cols),
+                    plan.restricted(&set.rows, &outside_cols),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let part = self.stream_lanes(&rest, images, query, signal, beta, rows);
+                    posterior
+                        .merge(&part)
+                        .expect("parts of one evaluation agree");
+                }
+                return posterior;
+            }
+        }
+        self.stream_lanes(plan, images, query, signal, beta, rows)
+    }
+
+    /// Eight candidate columns at a time, see [`fast`].
+    fn stream_lanes(
         &self,
         plan: &Plan,
         images: &[f32],
@@ -580,25 +662,99 @@ mod tests {
     fn lane_kernel_matches_f64_kernel() {
         let shape = Shape::new(2, 9, 13).unwrap();
         let (narrow_set, wide_set, narrow_query, wide_query) = same_values(7, shape);
-        for side in [1, 3, 5, 9, 15] {
+        f32_matches_f64(
+            &narrow_set,
+            &wide_set,
+            &narrow_query,
+            &wide_query,
+            &[1, 3, 5, 9, 15],
+        );
+    }
+
+    /// `images` sparse `f32` images of `shape` (background -1, a few
+    /// pixels at three levels), whose small windows repeat often, and the
+    /// same values widened to `f64`.
+    fn sparse_values(images: usize, shape: Shape) -> (TrainingSet<f32>, TrainingSet<f64>) {
+        let pixels: Vec<f32> = (0..images * shape.len())
+            .map(|i| {
+                let hash = (i * 7919 + 13) % 97;
+                if hash % 4 == 0 {
+                    [0.0, 0.5, 1.0][hash % 3]
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let wide: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
+        let labels: Vec<usize> = (0..images).map(|i| i % 3).collect();
+        (
+            TrainingSet::new(shape, pixels, Some(labels.clone())).unwrap(),
+            TrainingSet::new(shape, wide, Some(labels)).unwrap(),
+        )
+    }
+
+    /// Repeated small windows, compared once and weighted by their count,
+    /// give what the `f64` kernel gives comparing every candidate, with
+    /// and without a class, for one and three channels.
+    #[test]
+    fn distinct_windows_match_f64_kernel() {
+        for (channels, sides) in [(1, &[1, 3][..]), (3, &[1][..])] {
+            let shape = Shape::new(channels, 11, 9).unwrap();
+            let (narrow_set, wide_set) = sparse_values(40, shape);
+            let (_, _, narrow_query, wide_query) = same_values(1, shape);
+            f32_matches_f64(&narrow_set, &wide_set, &narrow_query, &wide_query, sides);
+            let machine = Machine::equivariant_local_zero_padded(
+                narrow_set.clone(),
+                LegacyCosine,
+                SquarePatch::new(sides[0]).unwrap(),
+            )
+            .unwrap();
+            for class in [None, Some(1)] {
+                let narrow = machine.x0_hat(&narrow_query, 0.2, class).unwrap();
+                let wide = Machine::equivariant_local_zero_padded(
+                    wide_set.clone(),
+                    LegacyCosine,
+                    SquarePatch::new(sides[0]).unwrap(),
+                )
+                .unwrap()
+                .x0_hat(&wide_query, 0.2, class)
+                .unwrap();
+                for (a, b) in narrow.as_slice().iter().zip(wide.as_slice()) {
+                    assert!((*a as f64 - b).abs() < 2e-5, "{class:?}: {a} vs {b}");
+                }
+            }
+            // Both evaluations took the distinct-window path.
+            assert_eq!(machine.distinct.len(), 2);
+        }
+    }
+
+    /// Every patch machine in `f32` against the same machine in `f64`.
+    fn f32_matches_f64(
+        narrow_set: &TrainingSet<f32>,
+        wide_set: &TrainingSet<f64>,
+        narrow_query: &Image<f32>,
+        wide_query: &Image<f64>,
+        sides: &[usize],
+    ) {
+        for &side in sides {
             let local = SquarePatch::new(side).unwrap();
             for t in [0.05, 0.3, 0.9] {
                 let pairs: Vec<Pair> = vec![
                     (
                         Machine::local(narrow_set.clone(), LegacyCosine, local.clone())
                             .unwrap()
-                            .x0_hat(&narrow_query, t, None),
+                            .x0_hat(narrow_query, t, None),
                         Machine::local(wide_set.clone(), LegacyCosine, local.clone())
                             .unwrap()
-                            .x0_hat(&wide_query, t, None),
+                            .x0_hat(wide_query, t, None),
                     ),
                     (
                         Machine::equivariant_local(narrow_set.clone(), LegacyCosine, local.clone())
                             .unwrap()
-                            .x0_hat(&narrow_query, t, None),
+                            .x0_hat(narrow_query, t, None),
                         Machine::equivariant_local(wide_set.clone(), LegacyCosine, local.clone())
                             .unwrap()
-                            .x0_hat(&wide_query, t, None),
+                            .x0_hat(wide_query, t, None),
                     ),
                     (
                         Machine::equivariant_local_periodic(
@@ -607,14 +763,14 @@ mod tests {
                             local.clone(),
                         )
                         .unwrap()
-                        .x0_hat(&narrow_query, t, None),
+                        .x0_hat(narrow_query, t, None),
                         Machine::equivariant_local_periodic(
                             wide_set.clone(),
                             LegacyCosine,
                             local.clone(),
                         )
                         .unwrap()
-                        .x0_hat(&wide_query, t, None),
+                        .x0_hat(wide_query, t, None),
                     ),
                     (
                         Machine::equivariant_local_zero_padded(
@@ -623,14 +779,14 @@ mod tests {
                             local.clone(),
                         )
                         .unwrap()
-                        .x0_hat(&narrow_query, t, None),
+                        .x0_hat(narrow_query, t, None),
                         Machine::equivariant_local_zero_padded(
                             wide_set.clone(),
                             LegacyCosine,
                             local.clone(),
                         )
                         .unwrap()
-                        .x0_hat(&wide_query, t, None),
+                        .x0_hat(wide_query, t, None),
                     ),
                 ];
                 for (index, (narrow, wide)) in pairs.into_iter().enumerate() {

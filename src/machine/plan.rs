@@ -134,6 +134,25 @@ impl Plan {
             ),
             Boundary::Periodic => patch,
         };
+        // A periodic window that wraps more than once reads pixels several
+        // times at a cost growing with its area: almost surely a mistake.
+        if periodic
+            && (patch.up() > shape.height
+                || patch.down() > shape.height
+                || patch.left() > shape.width
+                || patch.right() > shape.width)
+        {
+            return Err(Error::InvalidWindow(format!(
+                "a periodic window may wrap around the image at most once, but this one \
+                 reaches {}/{} rows and {}/{} columns around its centre on a {}x{} image",
+                patch.up(),
+                patch.down(),
+                patch.left(),
+                patch.right(),
+                shape.height,
+                shape.width
+            )));
+        }
         let padded_height = shape
             .height
             .checked_add(patch.up())
@@ -178,6 +197,37 @@ impl Plan {
             rows,
             cols,
             global,
+        })
+    }
+
+    /// The same plan for the output pixels in `rows x cols` only (per axis,
+    /// which coordinates to keep), or `None` if that leaves no pair.
+    pub fn restricted(&self, rows: &[bool], cols: &[bool]) -> Option<Plan> {
+        let keep = |axis: &AxisPlan, keep: &[bool]| {
+            let shifts: Vec<Shift> = axis
+                .shifts
+                .iter()
+                .filter_map(|shift| {
+                    let queries: Vec<usize> =
+                        shift.queries.iter().copied().filter(|&q| keep[q]).collect();
+                    (!queries.is_empty()).then_some(Shift {
+                        delta: shift.delta,
+                        queries,
+                    })
+                })
+                .collect();
+            let pairs = shifts.iter().map(|shift| shift.queries.len()).sum();
+            AxisPlan { shifts, pairs }
+        };
+        let (rows, cols) = (keep(&self.rows, rows), keep(&self.cols, cols));
+        if rows.pairs == 0 || cols.pairs == 0 {
+            return None;
+        }
+        Some(Plan {
+            rows,
+            cols,
+            global: false,
+            ..self.clone()
         })
     }
 
