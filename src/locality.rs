@@ -85,7 +85,8 @@ impl Patch {
     /// # Errors
     ///
     /// [`Error::InvalidWindow`] if the count differs from
-    /// `height * width`, a weight is negative or not finite, or all are 0.
+    /// `height * width` (including a patch whose number of offsets does not
+    /// fit in `usize`), a weight is negative or not finite, or all are 0.
     ///
     /// # Example
     ///
@@ -97,7 +98,21 @@ impl Patch {
     /// # Ok::<(), score_machines::Error>(())
     /// ```
     pub fn with_weights(mut self, weights: Vec<f64>) -> Result<Self> {
-        let count = self.height() * self.width();
+        let height = self
+            .up
+            .checked_add(self.down)
+            .and_then(|n| n.checked_add(1));
+        let width = self
+            .left
+            .checked_add(self.right)
+            .and_then(|n| n.checked_add(1));
+        let Some(count) = height.zip(width).and_then(|(h, w)| h.checked_mul(w)) else {
+            return Err(Error::InvalidWindow(format!(
+                "a patch of {} rows by {} columns has more offsets than can be counted",
+                self.up as u128 + self.down as u128 + 1,
+                self.left as u128 + self.right as u128 + 1
+            )));
+        };
         if weights.len() != count {
             return Err(Error::InvalidWindow(format!(
                 "{} weights for a {}x{} patch",
