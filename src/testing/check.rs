@@ -358,6 +358,12 @@ pub(crate) fn check_amplitude(amplitude: f64) -> Result<()> {
     }
 }
 
+/// The circular shift `d` along an axis of `len` pixels reduced to
+/// `0 .. len`; exact for every `isize`, `isize::MIN` included.
+pub(crate) fn reduce_shift(d: isize, len: usize) -> usize {
+    (d as i128).rem_euclid(len as i128) as usize
+}
+
 /// A random sign, `+1` or `-1`.
 pub(crate) fn sign(rng: &mut ChaCha8Rng) -> f64 {
     if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 }
@@ -375,7 +381,7 @@ pub(crate) fn in_window(
     periodic: bool,
 ) -> bool {
     if periodic {
-        if before + after + 1 >= len {
+        if before.saturating_add(after) >= len - 1 {
             return true;
         }
         let wrapped = delta.rem_euclid(len as isize) as usize;
@@ -515,7 +521,8 @@ pub enum ShiftRule {
 /// Checks `f(shift(phi_t)) = shift(f(phi_t))` for the circular shift
 /// `shift = (rows, cols)` (see [`Image::shifted`]) on the output pixels
 /// that `rule` names; the magnitude is the absolute difference of `x0hat`
-/// values.
+/// values. Shifts are periodic: any `isize` is accepted and taken modulo
+/// the image height and width.
 ///
 /// # Errors
 ///
@@ -535,22 +542,28 @@ pub fn check_translation_equivariance<T: Real, F: ScoreFunction<T> + ?Sized>(
     let moved = query.x0_hat_of(score, &query.image.shifted(rows, cols))?;
     let mut verdict = Verdict::new(Property::TranslationEquivariance, tolerance);
 
-    let axis_ok = |p: usize, q: usize, d: isize, len: usize, before: usize, after: usize| {
-        if d.rem_euclid(len as isize) == 0 {
+    // The shifts reduced to `0 .. H` and `0 .. W`, so that nothing below
+    // can overflow.
+    let (dr, dc) = (
+        reduce_shift(rows, shape.height),
+        reduce_shift(cols, shape.width),
+    );
+    let axis_ok = |p: usize, q: usize, d: usize, len: usize, before: usize, after: usize| {
+        if d == 0 {
             return true;
         }
         let axis = Axis { len, before, after };
         !axis.near_edge(p) && !axis.near_edge(q)
     };
     for pr in 0..shape.height {
-        let qr = (pr as isize - rows).rem_euclid(shape.height as isize) as usize;
+        let qr = (pr + shape.height - dr) % shape.height;
         for pc in 0..shape.width {
-            let qc = (pc as isize - cols).rem_euclid(shape.width as isize) as usize;
+            let qc = (pc + shape.width - dc) % shape.width;
             let compared = match rule {
                 ShiftRule::Periodic => true,
                 ShiftRule::ZeroPadded(patch) => {
-                    axis_ok(pr, qr, rows, shape.height, patch.up(), patch.down())
-                        && axis_ok(pc, qc, cols, shape.width, patch.left(), patch.right())
+                    axis_ok(pr, qr, dr, shape.height, patch.up(), patch.down())
+                        && axis_ok(pc, qc, dc, shape.width, patch.left(), patch.right())
                 }
             };
             if !compared {

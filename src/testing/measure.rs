@@ -4,12 +4,17 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::check::{check_amplitude, check_tolerance, in_window, sign};
+use super::check::{check_amplitude, check_tolerance, in_window, reduce_shift, sign};
 use crate::equivariance::Boundary;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::real::Real;
 use crate::score::ScoreFunction;
+
+/// The largest number of trials [`effective_receptive_field_with`]
+/// accepts: every trial costs up to one evaluation per probed pixel and
+/// side.
+pub const MAX_TRIALS: usize = 1_000_000;
 
 /// How [`effective_receptive_field_with`] probes a score function.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,7 +22,8 @@ pub struct ReceptiveFieldProbe {
     /// The size of every perturbation: each perturbed value moves by
     /// `+amplitude` or `-amplitude`.
     pub amplitude: f64,
-    /// Number of independent sign patterns tried.
+    /// Number of independent sign patterns tried, from 1 to
+    /// [`MAX_TRIALS`].
     pub trials: usize,
     /// Seed of the signs: trial `j` draws its signs from a ChaCha8
     /// generator seeded with `seed + j`, one per value of the image in
@@ -108,8 +114,9 @@ pub fn effective_receptive_field<T: Real, F: ScoreFunction<T> + ?Sized>(
 /// # Errors
 ///
 /// [`Error::InvalidParameter`] for a negative or non-finite tolerance, an
-/// amplitude that is not finite and positive, zero trials or a probed
-/// pixel outside the image; any error of the score function.
+/// amplitude that is not finite and positive, zero trials or more than
+/// [`MAX_TRIALS`], or a probed pixel outside the image; any error of the
+/// score function.
 pub fn effective_receptive_field_with<T: Real, F: ScoreFunction<T> + ?Sized>(
     score: &F,
     x: &Image<T>,
@@ -123,6 +130,12 @@ pub fn effective_receptive_field_with<T: Real, F: ScoreFunction<T> + ?Sized>(
         return Err(Error::InvalidParameter(
             "the receptive field needs at least one trial".into(),
         ));
+    }
+    if probe.trials > MAX_TRIALS {
+        return Err(Error::InvalidParameter(format!(
+            "{} trials for the receptive field; at most {MAX_TRIALS} are allowed",
+            probe.trials
+        )));
     }
     let shape = x.shape();
     let pixels: Vec<(usize, usize)> = match probe.pixel {
@@ -145,17 +158,18 @@ pub fn effective_receptive_field_with<T: Real, F: ScoreFunction<T> + ?Sized>(
     };
 
     let base = score.x0_hat(x, t, probe.class)?;
-    let patterns: Vec<Vec<f64>> = (0..probe.trials as u64)
-        .map(|j| {
-            let mut rng = ChaCha8Rng::seed_from_u64(probe.seed.wrapping_add(j));
-            (0..shape.len()).map(|_| sign(&mut rng)).collect()
-        })
-        .collect();
+    // Each sign pattern is drawn again where it is used, so that memory does
+    // not grow with the number of trials.
+    let pattern = |j: usize| -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(probe.seed.wrapping_add(j as u64));
+        (0..shape.len()).map(|_| sign(&mut rng)).collect()
+    };
 
     let passes = |side: usize| -> Result<bool> {
         let half = side / 2;
         for &(pr, pc) in &pixels {
-            for pattern in &patterns {
+            for j in 0..probe.trials {
+                let pattern = pattern(j);
                 let mut moved = x.clone();
                 for c in 0..shape.channels {
                     for zr in 0..shape.height {
@@ -214,7 +228,8 @@ pub fn effective_receptive_field_with<T: Real, F: ScoreFunction<T> + ?Sized>(
 /// ```
 ///
 /// where `shift(x)(c, i, j) = x(c, i - dr mod H, j - dc mod W)` (see
-/// [`Image::shifted`]). Every pixel is compared, edges included, so a
+/// [`Image::shifted`]). Shifts are periodic: any `isize` is accepted and
+/// taken modulo `H` and `W`. Every pixel is compared, edges included, so a
 /// zero-padding machine shows its boundary effects here; 0 for an empty
 /// `shifts`.
 ///
@@ -230,9 +245,14 @@ pub fn equivariance_error<T: Real, F: ScoreFunction<T> + ?Sized>(
     if shifts.is_empty() {
         return Ok(0.0);
     }
+    let shape = x.shape();
     let base = score.x0_hat(x, t, None)?;
     let mut worst: f64 = 0.0;
     for &(rows, cols) in shifts {
+        // Reduced to `0 .. H` and `0 .. W` (both fit in `isize`, as the
+        // image length does), so that the shift back cannot overflow.
+        let rows = reduce_shift(rows, shape.height) as isize;
+        let cols = reduce_shift(cols, shape.width) as isize;
         let moved = score.x0_hat(&x.shifted(rows, cols), t, None)?;
         let unshifted_back = moved.shifted(-rows, -cols);
         for (a, b) in unshifted_back.as_slice().iter().zip(base.as_slice()) {

@@ -66,7 +66,7 @@ pub use check::{
     check_permutation_invariance, check_translation_equivariance,
 };
 pub use measure::{
-    ReceptiveFieldProbe, effective_receptive_field, effective_receptive_field_with,
+    MAX_TRIALS, ReceptiveFieldProbe, effective_receptive_field, effective_receptive_field_with,
     equivariance_error,
 };
 pub use strategy::{
