@@ -65,7 +65,7 @@
 
 use std::fmt;
 
-use crate::compare::{cosine_of, median};
+use crate::compare::{cosine_of, distance_of, median};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::locality::ScaleSchedule;
@@ -122,11 +122,17 @@ impl Calibration {
     ///
     /// - [`Error::InvalidParameter`] if `candidates` is empty or repeats a
     ///   side; [`Error::InvalidPatchSide`] if a side is even or zero;
+    /// - [`Error::NonFinite`] if a machine's noise prediction is not finite;
     /// - any error of `build` or of a machine evaluation (for example
     ///   [`Error::NoCandidates`] for a side too large for the image under
     ///   the reference periodic semantics);
     /// - [`Error::InvalidParameter`] if a machine's or the reference's
-    ///   noise prediction is zero, so that no cosine exists.
+    ///   noise prediction is zero, so that no cosine exists, or if an L2
+    ///   distance exceeds the `f64` range.
+    ///
+    /// Cosines and distances are computed so that no intermediate sum
+    /// overflows: any finite predictions give a cosine in `[-1, 1]`, and a
+    /// distance that is finite whenever its true value fits in an `f64`.
     pub fn run<T, M, B, P>(
         reference: &RecordedTrajectories<T>,
         candidates: &[usize],
@@ -153,6 +159,7 @@ impl Calibration {
                 for m in 0..count {
                     let x = reference.input(m, step)?;
                     machine.predict_into(&x, t, None, Prediction::Noise, &mut prediction)?;
+                    prediction.check_finite("a machine's noise prediction in a calibration")?;
                     let recorded = reference.noise_slice(m, step)?;
                     let slot = (step * count + m) * sides + c;
                     cosine[slot] = cosine_of(prediction.as_slice(), recorded).ok_or_else(|| {
@@ -161,7 +168,14 @@ impl Calibration {
                              (side {side}): no cosine similarity"
                         ))
                     })?;
-                    distance[slot] = squared_distance(prediction.as_slice(), recorded).sqrt();
+                    distance[slot] = distance_of(prediction.as_slice(), recorded);
+                    if !distance[slot].is_finite() {
+                        return Err(Error::InvalidParameter(format!(
+                            "at step {step} of trajectory {m} (side {side}) the L2 distance \
+                             between the machine's and the recorded noise predictions \
+                             exceeds the f64 range"
+                        )));
+                    }
                     done += 1;
                     progress(CalibrationProgress {
                         side,
@@ -355,16 +369,6 @@ fn checked_candidates(candidates: &[usize]) -> Result<Vec<usize>> {
         )));
     }
     Ok(sorted)
-}
-
-fn squared_distance<T: Real>(u: &[T], v: &[T]) -> f64 {
-    u.iter()
-        .zip(v)
-        .map(|(a, b)| {
-            let d = a.widen() - b.widen();
-            d * d
-        })
-        .sum()
 }
 
 #[cfg(test)]

@@ -55,36 +55,91 @@ fn check_pair<T: Real>(u: &Image<T>, v: &Image<T>) -> Result<()> {
     v.check_finite("compared image")
 }
 
+/// The largest absolute value of `values`, widened to `f64`; 0 for none.
+fn largest_magnitude<T: Real>(values: &[T]) -> f64 {
+    values.iter().fold(0.0, |m: f64, x| m.max(x.widen().abs()))
+}
+
+/// `values` widened to `f64` and divided by their largest absolute value,
+/// so that every one lies in `[-1, 1]`; `None` if every value is zero.
+fn scaled<T: Real>(values: &[T]) -> Option<Vec<f64>> {
+    let largest = largest_magnitude(values);
+    (largest > 0.0).then(|| values.iter().map(|x| x.widen() / largest).collect())
+}
+
+/// `(sum a_i b_i, sum a_i^2, sum b_i^2)`.
+fn products(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    (ab, aa, bb)
+}
+
+/// Which of two images makes a correlation undefined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Constant {
+    First,
+    Second,
+}
+
+/// Pearson's `r` of two finite vectors of the same length.
+///
+/// Both are divided by their largest absolute value before centring (the
+/// correlation does not change under positive scaling), so that no sum can
+/// overflow for finite input. An image is constant exactly when all its
+/// values are equal: its scaled values are then all `1` or all `-1`, their
+/// mean is exact and every centred value is zero.
+fn pearson_of<T: Real>(u: &[T], v: &[T]) -> std::result::Result<f64, Constant> {
+    let centred = |values: &[T], which: Constant| {
+        let mut scaled = scaled(values).ok_or(which)?;
+        let mean = scaled.iter().sum::<f64>() / scaled.len() as f64;
+        for x in &mut scaled {
+            *x -= mean;
+        }
+        if scaled.iter().all(|&x| x == 0.0) {
+            return Err(which);
+        }
+        Ok(scaled)
+    };
+    let a = centred(u, Constant::First)?;
+    let b = centred(v, Constant::Second)?;
+    let (ab, aa, bb) = products(&a, &b);
+    Ok((ab / (aa * bb).sqrt()).clamp(-1.0, 1.0))
+}
+
 /// The Pearson correlation `r` of two images, flattened and centred on
 /// their means (see the [module documentation](self)), computed in `f64`.
+///
+/// `r` does not depend on the scale of either image, and the computation
+/// divides each image by its largest absolute value first, so any finite
+/// values give a finite `r`, however large or small they are.
 ///
 /// # Errors
 ///
 /// [`Error::ShapeMismatch`] if the shapes differ, [`Error::NonFinite`] if
 /// a value is not finite, [`Error::InvalidParameter`] if an image is
-/// constant (its correlation is undefined).
+/// constant (all its values equal: its correlation is undefined).
 pub fn pearson<T: Real>(u: &Image<T>, v: &Image<T>) -> Result<f64> {
     check_pair(u, v)?;
-    let count = u.as_slice().len() as f64;
-    let mean = |image: &Image<T>| image.as_slice().iter().map(|x| x.widen()).sum::<f64>() / count;
-    let (mu, mv) = (mean(u), mean(v));
-    let (mut uv, mut uu, mut vv) = (0.0, 0.0, 0.0);
-    for (a, b) in u.as_slice().iter().zip(v.as_slice()) {
-        let (a, b) = (a.widen() - mu, b.widen() - mv);
-        uv += a * b;
-        uu += a * a;
-        vv += b * b;
-    }
-    if uu == 0.0 || vv == 0.0 {
-        return Err(Error::InvalidParameter(
-            "the correlation of a constant image is undefined".into(),
-        ));
-    }
-    Ok((uv / (uu * vv).sqrt()).clamp(-1.0, 1.0))
+    pearson_of(u.as_slice(), v.as_slice()).map_err(|which| {
+        Error::InvalidParameter(format!(
+            "the correlation of a constant image is undefined (the {} image is constant)",
+            match which {
+                Constant::First => "first",
+                Constant::Second => "second",
+            }
+        ))
+    })
 }
 
 /// The cosine similarity of two images, flattened, without centring (see
 /// the [module documentation](self)), computed in `f64`.
+///
+/// Like [`pearson`], scale-free and computed on the images divided by their
+/// largest absolute values, so any finite values give a finite result.
 ///
 /// # Errors
 ///
@@ -97,16 +152,39 @@ pub fn cosine_similarity<T: Real>(u: &Image<T>, v: &Image<T>) -> Result<f64> {
     })
 }
 
-/// `cos(u, v)`, `None` if a vector is zero.
+/// `cos(u, v)` of two finite vectors of the same length, `None` if one is
+/// zero. Each is divided by its largest absolute value first, so no sum
+/// can overflow.
 pub(crate) fn cosine_of<T: Real>(u: &[T], v: &[T]) -> Option<f64> {
-    let (mut uv, mut uu, mut vv) = (0.0, 0.0, 0.0);
-    for (a, b) in u.iter().zip(v) {
-        let (a, b) = (a.widen(), b.widen());
-        uv += a * b;
-        uu += a * a;
-        vv += b * b;
+    let (a, b) = (scaled(u)?, scaled(v)?);
+    let (ab, aa, bb) = products(&a, &b);
+    Some((ab / (aa * bb).sqrt()).clamp(-1.0, 1.0))
+}
+
+/// The Euclidean distance `sqrt(sum_i (u_i - v_i)^2)` of two finite
+/// vectors of the same length, in `f64`: `+inf` only if the true distance
+/// exceeds the `f64` range.
+///
+/// Summed directly when that stays finite (the common case); otherwise
+/// from the halved differences divided by their largest absolute value,
+/// which cannot overflow before the final multiplication.
+pub(crate) fn distance_of<T: Real>(u: &[T], v: &[T]) -> f64 {
+    let direct = crate::image::squared_distance(u, v);
+    if direct.is_finite() {
+        return direct.sqrt();
     }
-    (uu > 0.0 && vv > 0.0).then(|| (uv / (uu * vv).sqrt()).clamp(-1.0, 1.0))
+    // Halving keeps every difference finite: |u_i / 2 - v_i / 2| <= f64::MAX.
+    let halves: Vec<f64> = u
+        .iter()
+        .zip(v)
+        .map(|(a, b)| a.widen() / 2.0 - b.widen() / 2.0)
+        .collect();
+    let largest = largest_magnitude(&halves);
+    if largest == 0.0 {
+        return 0.0;
+    }
+    let sum: f64 = halves.iter().map(|d| (d / largest) * (d / largest)).sum();
+    2.0 * largest * sum.sqrt()
 }
 
 /// The mean squared difference of two images (see the
@@ -115,10 +193,25 @@ pub(crate) fn cosine_of<T: Real>(u: &[T], v: &[T]) -> Option<f64> {
 /// # Errors
 ///
 /// [`Error::ShapeMismatch`] if the shapes differ, [`Error::NonFinite`] if
-/// a value is not finite.
+/// a value is not finite, [`Error::InvalidParameter`] if the mean squared
+/// difference, though of finite values, exceeds the `f64` range.
 pub fn mse<T: Real>(u: &Image<T>, v: &Image<T>) -> Result<f64> {
     check_pair(u, v)?;
-    Ok(u.squared_distance(v)? / u.as_slice().len() as f64)
+    let count = u.as_slice().len() as f64;
+    let direct = crate::image::squared_distance(u.as_slice(), v.as_slice());
+    if direct.is_finite() {
+        return Ok(direct / count);
+    }
+    let root_mean = distance_of(u.as_slice(), v.as_slice()) / count.sqrt();
+    let mse = root_mean * root_mean;
+    if mse.is_finite() {
+        Ok(mse)
+    } else {
+        Err(Error::InvalidParameter(format!(
+            "the mean squared difference of the two images (root mean square difference \
+             {root_mean:e}) exceeds the f64 range"
+        )))
+    }
 }
 
 /// How closely one image matches a reference image.
@@ -187,7 +280,10 @@ impl Comparison {
     /// # Errors
     ///
     /// - [`Error::InvalidParameter`] if there is no seed, if the four lists
-    ///   differ in length, or if an image is constant (see [`pearson`]);
+    ///   differ in length, if an image is constant (see [`pearson`]; the
+    ///   message names the seed and whether the reference's, the
+    ///   machine's or the baseline's image is constant), or if an MSE
+    ///   exceeds the `f64` range (see [`mse`]; the message names the seed);
     /// - [`Error::ShapeMismatch`], [`Error::NonFinite`] as [`pearson`].
     pub fn from_images<T: Real>(
         seeds: &[usize],
@@ -214,8 +310,8 @@ impl Comparison {
             .map(|((&seed, reference), (machine, baseline))| {
                 Ok(SeedComparison {
                     seed,
-                    machine: Agreement::between(reference, machine)?,
-                    baseline: Agreement::between(reference, baseline)?,
+                    machine: agreement_of_seed(seed, reference, machine, "machine")?,
+                    baseline: agreement_of_seed(seed, reference, baseline, "baseline")?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -278,6 +374,46 @@ impl Comparison {
         let values: Vec<f64> = self.seeds.iter().map(value).collect();
         median(&values)
     }
+}
+
+/// [`Agreement::between`] for one seed of a [`Comparison`], with errors
+/// that name the seed and the image at fault.
+fn agreement_of_seed<T: Real>(
+    seed: usize,
+    reference: &Image<T>,
+    image: &Image<T>,
+    role: &str,
+) -> Result<Agreement> {
+    check_pair(reference, image)?;
+    let r = pearson_of(reference.as_slice(), image.as_slice()).map_err(|which| {
+        let (whose, values) = match which {
+            Constant::First => ("reference's", reference),
+            Constant::Second => (
+                if role == "machine" {
+                    "machine's"
+                } else {
+                    "baseline's"
+                },
+                image,
+            ),
+        };
+        Error::InvalidParameter(format!(
+            "seed {seed}: the {whose} final image is constant (every value is {}), so its \
+             correlation is undefined",
+            values.as_slice()[0]
+        ))
+    })?;
+    let mse = mse(reference, image).map_err(|error| match error {
+        Error::InvalidParameter(reason) => Error::InvalidParameter(format!(
+            "seed {seed}, {role} against the reference: {reason}"
+        )),
+        other => other,
+    })?;
+    Ok(Agreement {
+        r,
+        r_squared: r * r,
+        mse,
+    })
 }
 
 /// The median of finite values; the mean of the two middle ones for an
