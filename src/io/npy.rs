@@ -2,7 +2,9 @@
 //!
 //! Floating-point arrays (`float32` or `float64`, little- or big-endian) are
 //! read into any [`Real`] type: `float32` widens to `f64` exactly, and
-//! `float64` rounds to nearest when read as `f32`. Arrays are written
+//! `float64` rounds to nearest when read as `f32`; a finite `float64` value
+//! beyond the `f32` range is an error, never read as infinity (NaN and
+//! infinities stay what they are). Arrays are written
 //! little-endian, `float32` from `f32` data and `float64` from `f64` data.
 //! Only C (row-major) order is read; a Fortran-order file is refused with a
 //! message saying so.
@@ -121,8 +123,10 @@ pub fn read_info(path: impl AsRef<Path>) -> Result<ArrayInfo> {
 /// - [`Error::Io`] if the file cannot be read or is not a regular file
 ///   (a folder, device, FIFO or socket);
 /// - [`Error::Format`] naming the file if it is not a `.npy` file, is
-///   truncated or has bytes after the data, is in Fortran order, or holds
-///   another type than `float32` or `float64`.
+///   truncated or has bytes after the data, is in Fortran order, holds
+///   another type than `float32` or `float64`, or, read as `f32`, holds a
+///   finite `float64` value beyond the `f32` range (the message gives the
+///   value and its index in C order).
 pub fn read_array<T: Real>(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<T>)> {
     let path = path.as_ref();
     let bytes = read_file(path)?;
@@ -153,14 +157,14 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<usize>> {
     }
     let data = parsed.data(&bytes, path)?;
     let labels: Vec<i128> = match (parsed.type_str.type_char(), parsed.item_size) {
-        (TypeChar::Uint, 1) => read_values::<u8, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Uint, 2) => read_values::<u16, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Uint, 4) => read_values::<u32, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Uint, 8) => read_values::<u64, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Int, 1) => read_values::<i8, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Int, 2) => read_values::<i16, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Int, 4) => read_values::<i32, _>(&parsed, data, path, i128::from)?,
-        (TypeChar::Int, 8) => read_values::<i64, _>(&parsed, data, path, i128::from)?,
+        (TypeChar::Uint, 1) => read_values::<u8, _>(&parsed, data, path, label)?,
+        (TypeChar::Uint, 2) => read_values::<u16, _>(&parsed, data, path, label)?,
+        (TypeChar::Uint, 4) => read_values::<u32, _>(&parsed, data, path, label)?,
+        (TypeChar::Uint, 8) => read_values::<u64, _>(&parsed, data, path, label)?,
+        (TypeChar::Int, 1) => read_values::<i8, _>(&parsed, data, path, label)?,
+        (TypeChar::Int, 2) => read_values::<i16, _>(&parsed, data, path, label)?,
+        (TypeChar::Int, 4) => read_values::<i32, _>(&parsed, data, path, label)?,
+        (TypeChar::Int, 8) => read_values::<i64, _>(&parsed, data, path, label)?,
         _ => {
             return Err(format_error(
                 path,
@@ -236,7 +240,7 @@ pub fn read_images<T: Real>(path: impl AsRef<Path>) -> Result<Vec<Image<T>>> {
 /// # Errors
 ///
 /// As [`read_images`]; [`Error::EmptyTrainingSet`] if `N = 0`;
-/// [`Error::Format`] if a value is NaN or infinite.
+/// [`Error::Format`] if a value is NaN or infinite in the file.
 pub fn read_training_set<T: Real>(path: impl AsRef<Path>) -> Result<TrainingSet<T>> {
     let path = path.as_ref();
     let (shape, data) = read_array::<T>(path)?;
@@ -251,7 +255,7 @@ pub fn read_training_set<T: Real>(path: impl AsRef<Path>) -> Result<TrainingSet<
         return Err(format_error(
             path,
             format!(
-                "value {index} is {}; a training set must be finite",
+                "the value at index {index} is {}; a training set must be finite",
                 data[index]
             ),
         ));
@@ -361,9 +365,9 @@ fn decode_array<T: Real>(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<T
     let data = parsed.data(bytes, path)?;
     let values = match (parsed.type_str.type_char(), parsed.item_size) {
         (TypeChar::Float, 4) => {
-            read_values::<f32, _>(&parsed, data, path, |v| T::narrow(v as f64))?
+            read_values::<f32, _>(&parsed, data, path, |_, v| Ok(T::narrow(v as f64)))?
         }
-        (TypeChar::Float, 8) => read_values::<f64, _>(&parsed, data, path, T::narrow)?,
+        (TypeChar::Float, 8) => read_values::<f64, _>(&parsed, data, path, narrowed::<T>)?,
         _ => {
             return Err(format_error(
                 path,
@@ -377,21 +381,41 @@ fn decode_array<T: Real>(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<T
     Ok((parsed.info.shape, values))
 }
 
-/// Reads every value of the data section as `V` and converts it.
+/// A `float64` value at `index` (C order) as `T`, rounded to nearest; an
+/// error if it is finite but beyond the range of `T`.
+fn narrowed<T: Real>(index: usize, value: f64) -> std::result::Result<T, String> {
+    let narrow = T::narrow(value);
+    if value.is_finite() && !narrow.is_finite() {
+        Err(format!(
+            "value {value:e} at index {index} exceeds the {} range",
+            T::NAME
+        ))
+    } else {
+        Ok(narrow)
+    }
+}
+
+/// An integer as a label candidate (checked non-negative later).
+fn label<V: Into<i128>>(_index: usize, value: V) -> std::result::Result<i128, String> {
+    Ok(value.into())
+}
+
+/// Reads every value of the data section as `V` and converts it with
+/// `convert(index, value)`, whose error is the reason the file is refused.
 fn read_values<V: npyz::Deserialize, U>(
     parsed: &Parsed,
     data: &[u8],
     path: &Path,
-    convert: impl Fn(V) -> U,
+    convert: impl Fn(usize, V) -> std::result::Result<U, String>,
 ) -> Result<Vec<U>> {
     let file = NpyFile::with_header(parsed.header.clone(), data);
     let reader = file
         .data::<V>()
         .map_err(|e| format_error(path, format!("dtype {}: {e}", parsed.info.dtype)))?;
     let mut values = Vec::with_capacity(parsed.info.len());
-    for value in reader {
+    for (index, value) in reader.enumerate() {
         let value = value.map_err(|e| format_error(path, format!("data: {e}")))?;
-        values.push(convert(value));
+        values.push(convert(index, value).map_err(|reason| format_error(path, reason))?);
     }
     Ok(values)
 }
