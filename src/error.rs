@@ -44,7 +44,7 @@ pub enum Error {
 
     /// A time outside `[0, 1]`, or a time at which the requested quantity is
     /// undefined (the score at a time where `s(t) = 0`).
-    #[error("invalid time t = {t}: {reason}")]
+    #[error("invalid time t = {}: {reason}", CompactTime(*.t))]
     InvalidTime {
         /// The time given.
         t: f64,
@@ -87,6 +87,22 @@ pub enum Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A time for messages: plain decimals for `0` and for magnitudes from
+/// `1e-4` to below `1e16`, scientific notation otherwise, so that an
+/// extreme value prints in a few characters.
+struct CompactTime(f64);
+
+impl std::fmt::Display for CompactTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.0;
+        if t == 0.0 || !t.is_finite() || (1e-4..1e16).contains(&t.abs()) {
+            write!(f, "{t}")
+        } else {
+            write!(f, "{t:e}")
+        }
+    }
+}
 
 impl Error {
     pub(crate) fn shape(what: &'static str, expected: impl ToString, found: impl ToString) -> Self {
