@@ -16,6 +16,7 @@
 //! a table and writes `reproduce.png`. `--help` lists the options; errors
 //! print one line `error: ...` and exit with code 2.
 
+use std::fs::OpenOptions;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ use score_machines::io::idx;
 use score_machines::io::png::{GridOptions, write_grid};
 use score_machines::prelude::*;
 use score_machines::reference::RecordedTrajectories;
+use serde_json::Value;
 
 const USAGE: &str = "\
 usage: reproduce [options]
@@ -39,8 +41,12 @@ usage: reproduce [options]
   --calibrate-rows A..B   training rows of the calibration (default: the first 1000
                           of --rows); the sampled comparison always uses --rows
   --machine M             auto | bbels | els | els-periodic | ls | is; auto (default)
-                          is els for a circular-padding network (from its meta.json),
-                          else bbels
+                          is els for a circular-padding network, bbels for a
+                          zeros-padding one; is needs no scales (--scales and the
+                          calibration options are then ignored)
+  --padding P             zeros | circular: the network's padding; default: read
+                          from the \"model\" text of DIR/meta.json, which must name
+                          exactly one of \"zeros padding\" and \"circular padding\"
   --scales S              auto (calibrate, default) | published | K,K,...
                           (one odd patch side per step, low noise first)
   --candidates K,K,...    candidate sides of the calibration (default 1,3,...,17;
@@ -48,9 +54,13 @@ usage: reproduce [options]
   --criterion C           cosine (default) | l2
   --calibrate-seeds A..B  trajectories to calibrate on (default 0..8)
   --seeds A..B            trajectories to evaluate on (default 8..M)
-  --published FILE        published schedules (default DATA/published-scales.json)
-  --out FILE.png          output grid (default reproduce.png): for every evaluated
-                          seed, network, machine and IS outputs side by side
+  --published FILE        published schedules (default DATA/published-scales.json):
+                          a JSON object whose \"schedules\" object (or the object
+                          itself) maps MNIST_ResNet_zeros / MNIST_ResNet_circular
+                          to a list of odd patch sides
+  --out FILE.png          output grid (default reproduce.png), checked writable
+                          before any work: for every evaluated seed, network,
+                          machine and IS outputs side by side
   --help                  this text
 
 DATA is SCORE_MACHINES_DATA, else ../shared/data next to the crate.
@@ -70,6 +80,9 @@ struct Options {
     seeds: Option<Range<usize>>,
     published: Option<PathBuf>,
     out: PathBuf,
+    padding: Option<&'static str>,
+    /// The options given on the command line, in order.
+    given: Vec<String>,
 }
 
 fn parse_range(flag: &str, text: &str) -> Result<Range<usize>, String> {
@@ -108,6 +121,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         seeds: None,
         published: None,
         out: PathBuf::from("reproduce.png"),
+        padding: None,
+        given: Vec::new(),
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -117,6 +132,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         let value = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
+        options.given.push(flag.clone());
         match flag.as_str() {
             "--network" => options.network = Some(PathBuf::from(value)),
             "--mnist" => options.mnist = Some(PathBuf::from(value)),
@@ -136,6 +152,13 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--seeds" => options.seeds = Some(parse_range(flag, value)?),
             "--published" => options.published = Some(PathBuf::from(value)),
             "--out" => options.out = PathBuf::from(value),
+            "--padding" => {
+                options.padding = Some(match value.as_str() {
+                    "zeros" => "zeros",
+                    "circular" => "circular",
+                    other => return Err(format!("unknown padding {other:?} (zeros or circular)")),
+                })
+            }
             other => return Err(format!("unknown option {other} (see --help)")),
         }
     }
@@ -149,34 +172,127 @@ fn data_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
 }
 
-/// The padding the network's `meta.json` names, if any.
-fn padding(network: &Path) -> Option<&'static str> {
-    let meta = std::fs::read_to_string(network.join("meta.json")).ok()?;
-    if meta.contains("circular padding") {
-        Some("circular")
-    } else if meta.contains("zeros padding") || meta.contains("zero padding") {
-        Some("zeros")
-    } else {
-        None
+/// The padding of the network: `--padding` if given, else the one phrase
+/// of "zeros padding" (or "zero padding") and "circular padding" that the
+/// "model" text of its `meta.json` contains.
+fn padding(network: &Path, given: Option<&'static str>) -> Result<&'static str, String> {
+    if let Some(padding) = given {
+        return Ok(padding);
+    }
+    let path = network.join("meta.json");
+    let shown = path.display();
+    let ask = "give --padding zeros or --padding circular";
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {shown}: {e}; {ask}"))?;
+    let meta: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{shown} is not valid JSON ({e}); {ask}"))?;
+    let model = meta
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{shown} has no \"model\" text; {ask}"))?;
+    let circular = model.contains("circular padding");
+    let zeros = model.contains("zeros padding") || model.contains("zero padding");
+    match (zeros, circular) {
+        (true, false) => Ok("zeros"),
+        (false, true) => Ok("circular"),
+        (true, true) => Err(format!(
+            "the \"model\" text of {shown} names both zeros and circular padding; {ask}"
+        )),
+        (false, false) => Err(format!(
+            "the \"model\" text of {shown} names neither zeros nor circular padding; {ask}"
+        )),
     }
 }
 
-/// The list of numbers under `"key": [ ... ]` in a JSON file of schedules.
+/// What kind of JSON value `value` is, for messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The schedule `key` of a JSON file of schedules: an object whose
+/// "schedules" object, or else the object itself, maps `key` to a
+/// non-empty list of odd patch sides.
 fn published_schedule(path: &Path, key: &str) -> Result<Vec<usize>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let quoted = format!("\"{key}\"");
-    let start = text
-        .find(&quoted)
-        .ok_or_else(|| format!("{} has no schedule {key:?}", path.display()))?;
-    let rest = &text[start + quoted.len()..];
-    let open = rest
-        .find('[')
-        .ok_or_else(|| format!("{}: no list after {key:?}", path.display()))?;
-    let close = rest[open..]
-        .find(']')
-        .ok_or_else(|| format!("{}: unterminated list after {key:?}", path.display()))?;
-    parse_sides(key, rest[open + 1..open + close].trim())
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{shown} is not valid JSON: {e}"))?;
+    let top = json.as_object().ok_or_else(|| {
+        format!(
+            "{shown} holds {}, not an object of schedules",
+            json_kind(&json)
+        )
+    })?;
+    let schedules = match top.get("schedules") {
+        Some(Value::Object(inner)) => inner,
+        _ => top,
+    };
+    let value = schedules
+        .get(key)
+        .ok_or_else(|| format!("{shown} has no schedule {key:?}"))?;
+    let list = value.as_array().ok_or_else(|| {
+        format!(
+            "{shown}: schedule {key:?} is {}, not a list of odd patch sides",
+            json_kind(value)
+        )
+    })?;
+    if list.is_empty() {
+        return Err(format!("{shown}: schedule {key:?} is an empty list"));
+    }
+    list.iter()
+        .map(|entry| {
+            entry
+                .as_u64()
+                .and_then(|side| usize::try_from(side).ok())
+                .filter(|side| side % 2 == 1)
+                .ok_or_else(|| {
+                    format!("{shown}: schedule {key:?} holds {entry}, not an odd patch side")
+                })
+        })
+        .collect()
+}
+
+/// Checks, before any work, that the grid can be written to `out`: its
+/// folder exists, and the file either exists as a regular, writable file
+/// (left unchanged here) or can be created (and is removed again).
+fn check_output(out: &Path) -> Result<(), String> {
+    let shown = out.display();
+    match std::fs::metadata(out) {
+        Ok(metadata) if !metadata.is_file() => {
+            Err(format!("--out {shown} exists and is not a regular file"))
+        }
+        Ok(_) => OpenOptions::new()
+            .append(true)
+            .open(out)
+            .map(drop)
+            .map_err(|e| format!("--out {shown} cannot be written: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let folder = match out.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            if !folder.is_dir() {
+                return Err(format!(
+                    "--out {shown}: the folder {} does not exist",
+                    folder.display()
+                ));
+            }
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .map_err(|e| format!("--out {shown} cannot be created: {e}"))?;
+            std::fs::remove_file(out).map_err(|e| format!("--out {shown}: {e}"))
+        }
+        Err(e) => Err(format!("--out {shown}: {e}")),
+    }
 }
 
 /// A machine of kind `kind` over `training` with locality `locality`.
@@ -227,19 +343,56 @@ fn run(options: Options) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| data.join("cnn-mnist/zeros"));
     let mnist = options.mnist.clone().unwrap_or_else(|| data.join("mnist"));
-    let padding = padding(&network);
+    if !matches!(
+        options.machine.as_str(),
+        "auto" | "bbels" | "els" | "els-periodic" | "ls" | "is"
+    ) {
+        return Err(format!(
+            "unknown machine {:?} (auto, bbels, els, els-periodic, ls or is)",
+            options.machine
+        ));
+    }
+    check_output(&options.out)?;
+
+    let recording = RecordedTrajectories::<f32>::read(&network).map_err(text)?;
+    // The padding is needed to choose the machine (auto) or the published
+    // schedule; otherwise it is only shown.
+    let needs_padding =
+        options.machine == "auto" || (options.machine != "is" && options.scales == "published");
+    let padding = if needs_padding {
+        Some(padding(&network, options.padding)?)
+    } else {
+        padding(&network, options.padding).ok()
+    };
     let kind = match (options.machine.as_str(), padding) {
         ("auto", Some("circular")) => "els",
         ("auto", _) => "bbels",
-        (kind @ ("bbels" | "els" | "els-periodic" | "ls" | "is"), _) => kind,
-        (other, _) => {
-            return Err(format!(
-                "unknown machine {other:?} (auto, bbels, els, els-periodic, ls or is)"
-            ));
-        }
+        (kind, _) => kind,
     };
-
-    let recording = RecordedTrajectories::<f32>::read(&network).map_err(text)?;
+    if kind == "is" {
+        let ignored: Vec<&str> = options
+            .given
+            .iter()
+            .map(String::as_str)
+            .filter(|flag| {
+                matches!(
+                    *flag,
+                    "--scales"
+                        | "--candidates"
+                        | "--criterion"
+                        | "--calibrate-seeds"
+                        | "--calibrate-rows"
+                        | "--published"
+                )
+            })
+            .collect();
+        if !ignored.is_empty() {
+            eprintln!(
+                "warning: --machine is uses no scale schedule; ignoring {}",
+                ignored.join(", ")
+            );
+        }
+    }
     let steps = recording.steps();
     for (step, &t) in recording.times().iter().enumerate() {
         let grid = (steps - step) as f64 / steps as f64;
@@ -337,13 +490,7 @@ fn run(options: Options) -> Result<(), String> {
         "published" => {
             let key = match padding {
                 Some("circular") => "MNIST_ResNet_circular",
-                Some(_) => "MNIST_ResNet_zeros",
-                None => {
-                    return Err(format!(
-                        "{} names no padding in meta.json; give --scales K,K,...",
-                        network.display()
-                    ));
-                }
+                _ => "MNIST_ResNet_zeros",
             };
             let path = options
                 .published
@@ -370,6 +517,18 @@ fn run(options: Options) -> Result<(), String> {
     let ideal = Machine::ideal(training.clone(), LegacyCosine).map_err(text)?;
     let sampler = Sampler::new(Method::Ddim, steps).map_err(text)?;
     let evaluated = recording.select(seeds.clone()).map_err(text)?;
+    // A constant network output has no correlation with anything: refuse
+    // it before sampling.
+    for (seed, image) in evaluated.seeds().iter().zip(evaluated.final_images()) {
+        let values = image.as_slice();
+        if values.iter().all(|&v| v == values[0]) {
+            return Err(format!(
+                "seed {seed}: the network's final image is constant (every value is {}), so \
+                 its correlation with the machines' images is undefined",
+                values[0]
+            ));
+        }
+    }
     let progress = bar(2 * evaluated.len() * steps, "sampling");
     let started = Instant::now();
     let mut tick = |_: &StepRecord<'_, f32>| progress.inc(1);
@@ -383,39 +542,56 @@ fn run(options: Options) -> Result<(), String> {
         seeds.end,
         started.elapsed().as_secs_f64()
     );
-    println!("  seed   r {kind:<6} r IS");
-    for seed in comparison.seeds() {
-        println!(
-            "  {:>4}   {:>8.4} {:>6.4}{}",
-            seed.seed,
-            seed.machine.r,
-            seed.baseline.r,
-            if seed.machine_wins() {
+    if kind == "is" {
+        println!("  seed   r IS");
+        for seed in comparison.seeds() {
+            println!("  {:>4}   {:>6.4}", seed.seed, seed.machine.r);
+        }
+    } else {
+        println!("  seed   r {kind:<6} r IS");
+        for seed in comparison.seeds() {
+            let verdict = if seed.machine_wins() {
                 ""
+            } else if seed.machine.r == seed.baseline.r {
+                "  (tie)"
             } else {
                 "  (IS closer)"
-            }
-        );
+            };
+            println!(
+                "  {:>4}   {:>8.4} {:>6.4}{verdict}",
+                seed.seed, seed.machine.r, seed.baseline.r
+            );
+        }
     }
     println!();
     println!(
         "{:<8} {:>9} {:>11} {:>18}",
         "machine", "median r", "median r^2", "fraction beating IS"
     );
-    println!(
-        "{:<8} {:>9.4} {:>11.4} {:>18.3}",
-        kind,
-        comparison.median_r(),
-        comparison.median_r_squared(),
-        comparison.fraction_beating_baseline()
-    );
-    println!(
-        "{:<8} {:>9.4} {:>11.4} {:>18}",
-        "is",
-        comparison.baseline_median_r(),
-        comparison.baseline_median_r_squared(),
-        "-"
-    );
+    if kind == "is" {
+        println!(
+            "{:<8} {:>9.4} {:>11.4} {:>18}",
+            kind,
+            comparison.median_r(),
+            comparison.median_r_squared(),
+            "-"
+        );
+    } else {
+        println!(
+            "{:<8} {:>9.4} {:>11.4} {:>18.3}",
+            kind,
+            comparison.median_r(),
+            comparison.median_r_squared(),
+            comparison.fraction_beating_baseline()
+        );
+        println!(
+            "{:<8} {:>9.4} {:>11.4} {:>18}",
+            "is",
+            comparison.baseline_median_r(),
+            comparison.baseline_median_r_squared(),
+            "-"
+        );
+    }
 
     let mut grid = Vec::with_capacity(3 * evaluated.len());
     for (index, reference) in evaluated.final_images().into_iter().enumerate() {
