@@ -40,23 +40,14 @@ fn weights_for_a_patch_too_large_to_count_are_refused() {
         wider.with_weights(vec![1.0]),
         Err(Error::InvalidWindow(_))
     ));
-    assert!(
-        Patch::square(3)
-            .unwrap()
-            .with_weights(vec![1.0; 9])
-            .is_ok()
-    );
+    assert!(Patch::square(3).unwrap().with_weights(vec![1.0; 9]).is_ok());
 }
 
 #[test]
 fn shifts_near_isize_min_are_taken_modulo_the_image() {
     let shape = shape();
-    let training = TrainingSet::new(
-        shape,
-        (0..4).flat_map(|k| varied(shape, k)).collect(),
-        None,
-    )
-    .unwrap();
+    let training =
+        TrainingSet::new(shape, (0..4).flat_map(|k| varied(shape, k)).collect(), None).unwrap();
     let es = Machine::equivariant(training, LegacyCosine).unwrap();
     let x = Image::from_vec(shape, varied(shape, 9)).unwrap();
     let extreme = [(isize::MIN, 0), (0, isize::MIN), (isize::MAX, isize::MIN)];
@@ -183,12 +174,8 @@ fn a_constant_image_is_named_in_a_comparison() {
 #[test]
 fn calibration_on_huge_noise_predictions_keeps_its_criteria() {
     let shape = Shape::new(1, 4, 4).unwrap();
-    let training = TrainingSet::new(
-        shape,
-        (0..5).flat_map(|k| varied(shape, k)).collect(),
-        None,
-    )
-    .unwrap();
+    let training =
+        TrainingSet::new(shape, (0..5).flat_map(|k| varied(shape, k)).collect(), None).unwrap();
     let machine = Machine::ideal(training.clone(), LegacyCosine).unwrap();
     let initial = varied(shape, 11);
     let times = vec![1.0, 0.5];
@@ -202,15 +189,9 @@ fn calibration_on_huge_noise_predictions_keeps_its_criteria() {
         noise.extend(eps.as_slice().iter().map(|v| v * 1e300));
     }
     let inputs: Vec<f64> = x1.as_slice().iter().chain(x2.as_slice()).copied().collect();
-    let recording = RecordedTrajectories::new(
-        shape,
-        times,
-        initial,
-        inputs,
-        noise,
-        vec![0.0; shape.len()],
-    )
-    .unwrap();
+    let recording =
+        RecordedTrajectories::new(shape, times, initial, inputs, noise, vec![0.0; shape.len()])
+            .unwrap();
     let calibration = Calibration::run(
         &recording,
         &[1, 3],
@@ -224,8 +205,14 @@ fn calibration_on_huge_noise_predictions_keeps_its_criteria() {
         let distance = calibration.distance(step, 0, 1).unwrap();
         assert!(distance.is_finite() && distance > 1e299, "{distance:e}");
     }
-    assert_eq!(calibration.schedule(Criterion::Cosine).unwrap().sides(), &[1, 1]);
-    assert_eq!(calibration.schedule(Criterion::Distance).unwrap().sides(), &[1, 1]);
+    assert_eq!(
+        calibration.schedule(Criterion::Cosine).unwrap().sides(),
+        &[1, 1]
+    );
+    assert_eq!(
+        calibration.schedule(Criterion::Distance).unwrap().sides(),
+        &[1, 1]
+    );
 
     // Predictions near f64::MAX of opposite signs: the distance itself
     // exceeds the f64 range, which is an error, not an infinite distance.

@@ -192,7 +192,11 @@ fn padding_comes_from_the_model_text_or_the_option() {
     )
     .unwrap();
     let output = go(&[]);
-    assert!(text(&output).0.contains("machine bbels"), "{:?}", text(&output));
+    assert!(
+        text(&output).0.contains("machine bbels"),
+        "{:?}",
+        text(&output)
+    );
     assert_error(&output, &["1 sides"]);
 
     for (model, which) in [
@@ -202,7 +206,11 @@ fn padding_comes_from_the_model_text_or_the_option() {
         std::fs::write(&meta, format!(r#"{{"model": "{model}"}}"#)).unwrap();
         assert_error(&go(&[]), &[which, "--padding zeros or --padding circular"]);
         let output = go(&["--padding", "circular"]);
-        assert!(text(&output).0.contains("machine els;"), "{:?}", text(&output));
+        assert!(
+            text(&output).0.contains("machine els;"),
+            "{:?}",
+            text(&output)
+        );
         assert_error(&output, &["1 sides"]);
     }
     std::fs::write(&meta, "{not json, zeros padding").unwrap();
