@@ -89,7 +89,7 @@ fn huge_zero_padded_windows_equal_the_whole_image() {
 #[test]
 fn huge_periodic_windows_are_refused() {
     let training = TrainingSet::new(shape(), vec![0.5_f32; 36], None).unwrap();
-    for side in [15, 1001, 1_000_001, usize::MAX] {
+    for side in [1001, 1_000_001, usize::MAX] {
         let machine = Machine::equivariant_local_periodic(
             training.clone(),
             LegacyCosine,
@@ -101,7 +101,7 @@ fn huge_periodic_windows_are_refused() {
             .unwrap_err();
         assert!(matches!(err, Error::InvalidWindow(_)), "{err}");
     }
-    // A periodic window that wraps once on each side still works.
+    // A periodic window a few times the image still works.
     let machine =
         Machine::equivariant_local_periodic(training, LegacyCosine, SquarePatch::new(13).unwrap())
             .unwrap();

@@ -37,6 +37,10 @@ const MAX_WINDOW_VALUES: usize = 25;
 /// least this often on average.
 const MIN_REPEATS: f64 = 1.5;
 
+/// The most memory the distinct windows of one machine may take, over all
+/// its windows and classes; a set that would exceed it is not collected.
+const MAX_BYTES: usize = 64 << 20;
+
 /// Blocks of eight distinct windows compared against every output pixel
 /// before moving on, so that the scaled block stays in the L1 cache.
 const TILE_BLOCKS: usize = 32;
@@ -145,8 +149,9 @@ pub(crate) struct DistinctPatches {
     distinct: usize,
     /// Number of candidate windows they stand for.
     total: usize,
-    /// Block `b`, value `i`, lane `l` at `(b len + i) LANES + l`.
-    values: Vec<f32>,
+    /// Block `b`, value `i`, lane `l` at `(b len + i) LANES + l`, as the
+    /// bits of the `f32` value.
+    values: Vec<u32>,
     /// Block `b`, channel `c`, lane `l` at `(b C + c) LANES + l`: the
     /// multiplicity times the centre value.
     weighted_centres: Vec<f32>,
@@ -158,12 +163,13 @@ pub(crate) struct DistinctPatches {
 impl DistinctPatches {
     /// Collects the windows centred on `set.row_range x set.col_range` of
     /// every image in `images` (unpadded `f32` images), padded as `plan`
-    /// says.
+    /// says; `None` if their distinct windows would take more than
+    /// `MAX_BYTES`.
     pub fn collect<'i>(
         plan: &Plan,
         set: &SharedSet,
         images: impl Iterator<Item = &'i [f32]>,
-    ) -> Self {
+    ) -> Option<Self> {
         let channels = plan.shape.channels;
         let (ph, pw) = (plan.padded_height, plan.padded_width);
         let (h, w) = (plan.patch.height(), plan.patch.width());
@@ -171,6 +177,8 @@ impl DistinctPatches {
         let mut padded = vec![0.0f32; ph * pw * channels];
         let mut table = WindowTable::new(len);
         let mut window = vec![0u32; len];
+        let mut previous = vec![0u32; len];
+        let mut previous_index = None;
         let mut total = 0;
         for image in images {
             plan.pad(image, &mut padded);
@@ -187,13 +195,28 @@ impl DistinctPatches {
                             }
                         }
                     }
-                    table.add(&window);
+                    // Neighbouring windows are often equal (blank background).
+                    match previous_index {
+                        Some(index) if window == previous => table.counts[index] += 1,
+                        _ => {
+                            previous_index = Some(table.add(&window));
+                            previous.copy_from_slice(&window);
+                        }
+                    }
                     total += 1;
+                    if table.bytes() > MAX_BYTES {
+                        return None;
+                    }
                 }
             }
         }
         let centre = plan.patch.up() * w + plan.patch.left();
-        table.into_blocks(channels, h * w, centre, total)
+        Some(table.into_blocks(channels, h * w, centre, total))
+    }
+
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        4 * (self.values.len() + self.weighted_centres.len() + self.multiplicity.len())
     }
 
     /// Number of blocks of eight windows.
@@ -230,7 +253,13 @@ impl WindowTable {
         h ^ (h >> 29)
     }
 
-    fn add(&mut self, window: &[u32]) {
+    /// Memory held, in bytes.
+    fn bytes(&self) -> usize {
+        4 * (self.store.len() + self.counts.len() + self.slots.len())
+    }
+
+    /// Counts `window`; returns its index.
+    fn add(&mut self, window: &[u32]) -> usize {
         let mask = self.slots.len() - 1;
         let mut slot = Self::hash(window) as usize & mask;
         loop {
@@ -242,13 +271,13 @@ impl WindowTable {
                     if 2 * self.counts.len() > self.slots.len() {
                         self.grow();
                     }
-                    return;
+                    return self.counts.len() - 1;
                 }
                 index => {
                     let index = index as usize - 1;
                     if &self.store[index * self.len..(index + 1) * self.len] == window {
                         self.counts[index] += 1;
-                        return;
+                        return index;
                     }
                 }
             }
@@ -279,38 +308,49 @@ impl WindowTable {
         centre: usize,
         total: usize,
     ) -> DistinctPatches {
-        let len = self.len;
-        let distinct = self.counts.len();
+        let WindowTable {
+            len,
+            mut store,
+            counts,
+            slots,
+        } = self;
+        drop(slots);
+        let distinct = counts.len();
         let blocks = distinct.div_ceil(LANES);
-        let mut values = vec![0.0f32; blocks * len * LANES];
+        // The lanes after the last window repeat it with multiplicity 0:
+        // their distances are real candidates' distances, their weights 0.
+        let last = store[(distinct - 1) * len..].to_vec();
+        while store.len() < blocks * LANES * len {
+            store.extend_from_slice(&last);
+        }
         let mut weighted_centres = vec![0.0f32; blocks * channels * LANES];
         let mut multiplicity = vec![0.0f32; blocks * LANES];
         for (slot, count_slot) in multiplicity.iter_mut().enumerate() {
-            // The lanes after the last window repeat it with multiplicity 0:
-            // their distances are real candidates' distances, their weights 0.
-            let index = slot.min(distinct - 1);
-            let (block, lane) = (slot / LANES, slot % LANES);
-            let window = &self.store[index * len..(index + 1) * len];
-            for (i, &bits) in window.iter().enumerate() {
-                values[(block * len + i) * LANES + lane] = f32::from_bits(bits);
-            }
-            let count = if slot < distinct {
-                self.counts[index] as f32
-            } else {
-                0.0
-            };
+            let count = counts.get(slot).map_or(0.0, |&count| count as f32);
             *count_slot = count;
+            let (block, lane) = (slot / LANES, slot % LANES);
             for c in 0..channels {
                 weighted_centres[(block * channels + c) * LANES + lane] =
-                    count * f32::from_bits(window[c * plane + centre]);
+                    count * f32::from_bits(store[slot * len + c * plane + centre]);
             }
         }
+        // Window-major to lane-major, one block (the same memory) at a time.
+        let mut block = vec![0u32; len * LANES];
+        for region in store.chunks_exact_mut(len * LANES) {
+            for (lane, window) in region.chunks_exact(len).enumerate() {
+                for (i, &bits) in window.iter().enumerate() {
+                    block[i * LANES + lane] = bits;
+                }
+            }
+            region.copy_from_slice(&block);
+        }
+        store.shrink_to_fit();
         DistinctPatches {
             len,
             channels,
             distinct,
             total,
-            values,
+            values: store,
             weighted_centres,
             multiplicity,
         }
@@ -320,7 +360,8 @@ impl WindowTable {
 /// Distinct-window sets already collected, per class and window.
 #[derive(Clone, Default)]
 pub(crate) struct DistinctCache {
-    entries: Arc<Mutex<HashMap<CacheKey, Arc<DistinctPatches>>>>,
+    /// `None` for a set that was too large to keep.
+    entries: Arc<Mutex<HashMap<CacheKey, Option<Arc<DistinctPatches>>>>>,
 }
 
 /// What a distinct-window set depends on besides the training set.
@@ -334,6 +375,7 @@ pub(crate) struct CacheKey {
 impl std::fmt::Debug for DistinctCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let entries = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        // Entries count collected sets and sets found too large to keep.
         write!(f, "DistinctCache {{ entries: {entries} }}")
     }
 }
@@ -345,20 +387,28 @@ impl DistinctCache {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 
-    /// The set for `key`, collected by `collect` on first use.
+    /// The set for `key`, collected by `collect` on first use (`None` if
+    /// it was too large). Keeping it may drop the other sets, so that all
+    /// together take at most `MAX_BYTES`.
     pub fn get_or_collect(
         &self,
         key: CacheKey,
-        collect: impl FnOnce() -> DistinctPatches,
-    ) -> Arc<DistinctPatches> {
+        collect: impl FnOnce() -> Option<DistinctPatches>,
+    ) -> Option<Arc<DistinctPatches>> {
         if let Ok(entries) = self.entries.lock()
             && let Some(found) = entries.get(&key)
         {
-            return Arc::clone(found);
+            return found.clone();
         }
-        let collected = Arc::new(collect());
+        let collected = collect().map(Arc::new);
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(key, Arc::clone(&collected));
+            if let Some(new) = &collected {
+                let held: usize = entries.values().flatten().map(|set| set.bytes()).sum();
+                if held + new.bytes() > MAX_BYTES {
+                    entries.retain(|_, set| set.is_none());
+                }
+            }
+            entries.insert(key, collected.clone());
         }
         collected
     }
@@ -454,7 +504,7 @@ fn run_with<V: Vector>(
         let end = (start + TILE_BLOCKS).min(blocks.end);
         let tile = &patches.values[start * len * LANES..end * len * LANES];
         for (s, &v) in scaled.iter_mut().zip(tile) {
-            *s = job.signal * v as f64;
+            *s = job.signal * f32::from_bits(v) as f64;
         }
         for (g, &position) in job.positions.iter().enumerate() {
             let query = &job.queries[g * len..(g + 1) * len];

@@ -379,7 +379,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                     rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
                 )
             });
-            if distinct::worthwhile(&patches) {
+            if let Some(patches) = patches.filter(|patches| distinct::worthwhile(patches)) {
                 let positions = set.positions();
                 let mut padded =
                     vec![0.0f32; plan.padded_height * plan.padded_width * shape.channels];

@@ -9,6 +9,13 @@ use crate::locality::{Patch, Window};
 /// The largest padded plane (rows times columns) a periodic window may need.
 const MAX_PADDED_AREA: usize = 1 << 24;
 
+/// A periodic window's padded plane may be at most this many times the
+/// image...
+const WRAPS: usize = 16;
+
+/// ...or this many pixels, whichever is larger.
+const MIN_WRAP_LIMIT: usize = 1 << 16;
+
 /// Output coordinates along one axis whose candidate centres include
 /// `query + delta`.
 #[derive(Clone, Debug)]
@@ -134,25 +141,6 @@ impl Plan {
             ),
             Boundary::Periodic => patch,
         };
-        // A periodic window that wraps more than once reads pixels several
-        // times at a cost growing with its area: almost surely a mistake.
-        if periodic
-            && (patch.up() > shape.height
-                || patch.down() > shape.height
-                || patch.left() > shape.width
-                || patch.right() > shape.width)
-        {
-            return Err(Error::InvalidWindow(format!(
-                "a periodic window may wrap around the image at most once, but this one \
-                 reaches {}/{} rows and {}/{} columns around its centre on a {}x{} image",
-                patch.up(),
-                patch.down(),
-                patch.left(),
-                patch.right(),
-                shape.height,
-                shape.width
-            )));
-        }
         let padded_height = shape
             .height
             .checked_add(patch.up())
@@ -179,6 +167,23 @@ impl Plan {
                 )));
             }
         };
+        // The cost grows with the padded area: refuse windows that wrap
+        // around the image many times, almost surely a mistake.
+        let wrap_limit = (WRAPS * shape.positions()).max(MIN_WRAP_LIMIT);
+        if periodic && padded_height * padded_width > wrap_limit {
+            return Err(Error::InvalidWindow(format!(
+                "a periodic window reaching {}/{} rows and {}/{} columns around its centre \
+                 wraps around a {}x{} image too many times: its padded plane of {} pixels \
+                 exceeds {wrap_limit} ({WRAPS} times the image, at least {MIN_WRAP_LIMIT})",
+                patch.up(),
+                patch.down(),
+                patch.left(),
+                patch.right(),
+                shape.height,
+                shape.width,
+                padded_height * padded_width
+            )));
+        }
         let covers =
             |before: usize, after: usize, len: usize| before >= len - 1 && after >= len - 1;
         let same_location = |plan: &AxisPlan| plan.shifts.len() == 1 && plan.shifts[0].delta == 0;
