@@ -418,6 +418,9 @@ fn mnist_digits_f32_agree_with_reference() {
             mnist_case(0.02, 3, 0, &[Is, Ls, Els, BbEls]),
             // Pure noise: every candidate carries weight.
             mnist_case(1.0, 9, 1, &[Ls, Els, BbEls]),
+            // Single pixels: 15,680 candidates per pixel, a few hundred
+            // distinct values, each compared once.
+            mnist_case(0.4, 1, 1, &[Els, ElsPeriodic, BbEls]),
         ],
     );
 }

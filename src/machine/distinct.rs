@@ -381,10 +381,13 @@ impl std::fmt::Debug for DistinctCache {
 }
 
 impl DistinctCache {
-    /// Number of sets collected.
+    /// Number of sets collected and kept.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries
+            .lock()
+            .map(|e| e.values().flatten().count())
+            .unwrap_or(0)
     }
 
     /// The set for `key`, collected by `collect` on first use (`None` if

@@ -725,6 +725,19 @@ mod tests {
             }
             // Both evaluations took the distinct-window path.
             assert_eq!(machine.distinct.len(), 2);
+            // A lopsided window (two rows, three columns, off centre).
+            let patch = crate::locality::Patch::offsets(1, 0, 0, 2);
+            let narrow =
+                Machine::new(narrow_set.clone(), LegacyCosine, patch.clone(), ZeroPadded).unwrap();
+            let wide = Machine::new(wide_set.clone(), LegacyCosine, patch, ZeroPadded).unwrap();
+            let (a, b) = (
+                narrow.x0_hat(&narrow_query, 0.3, None).unwrap(),
+                wide.x0_hat(&wide_query, 0.3, None).unwrap(),
+            );
+            for (a, b) in a.as_slice().iter().zip(b.as_slice()) {
+                assert!((*a as f64 - b).abs() < 2e-5, "lopsided: {a} vs {b}");
+            }
+            assert_eq!(narrow.distinct.len(), 1);
         }
     }
 
