@@ -211,6 +211,9 @@ impl DistinctPatches {
             }
         }
         let centre = plan.patch.up() * w + plan.patch.left();
+        if table.counts.is_empty() {
+            return None;
+        }
         Some(table.into_blocks(channels, h * w, centre, total))
     }
 
