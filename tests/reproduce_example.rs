@@ -2,6 +2,8 @@
 //! shared CNN recording, and its handling of bad input.
 #![cfg(feature = "io")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -9,35 +11,7 @@ use std::sync::OnceLock;
 /// The example's executable, built once with the profile of this test.
 fn example() -> &'static Path {
     static EXECUTABLE: OnceLock<PathBuf> = OnceLock::new();
-    EXECUTABLE.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let built = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--profile",
-                "test",
-                "--example",
-                "reproduce",
-            ])
-            .args(["--message-format", "json", "--manifest-path"])
-            .arg(&manifest)
-            .output()
-            .expect("cargo runs");
-        assert!(
-            built.status.success(),
-            "building the example failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let stdout = String::from_utf8(built.stdout).unwrap();
-        let line = stdout
-            .lines()
-            .find(|l| l.contains("\"kind\":[\"example\"]") && l.contains("\"executable\":\""))
-            .expect("cargo reports the example's executable");
-        let start = line.find("\"executable\":\"").unwrap() + "\"executable\":\"".len();
-        let end = start + line[start..].find('"').unwrap();
-        PathBuf::from(&line[start..end])
-    })
+    EXECUTABLE.get_or_init(|| common::build_example("reproduce"))
 }
 
 /// The shared data folder, or `None` after printing `skipped: ...` (a

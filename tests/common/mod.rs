@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests.
 
+// Each test binary uses some of them.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A file or folder of the shared data: `None` (after printing
 /// `skipped: ...`) if it is absent, unless `SCORE_MACHINES_REQUIRE_DATA=1`,
@@ -19,4 +23,30 @@ pub fn shared(relative: &str) -> Option<PathBuf> {
     }
     println!("skipped: {reason}");
     None
+}
+
+/// Builds the example `name` with the profile of the tests (`cargo test`
+/// has usually built it already, so this finds it fresh) and returns its
+/// executable.
+pub fn build_example(name: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--profile", "test", "--example", name])
+        .args(["--message-format", "json", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "building the example failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let stdout = String::from_utf8(built.stdout).unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"kind\":[\"example\"]") && l.contains("\"executable\":\""))
+        .expect("cargo reports the example's executable");
+    let start = line.find("\"executable\":\"").unwrap() + "\"executable\":\"".len();
+    let end = start + line[start..].find('"').unwrap();
+    PathBuf::from(&line[start..end])
 }
