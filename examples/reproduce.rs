@@ -284,12 +284,18 @@ fn check_output(out: &Path) -> Result<(), String> {
                     folder.display()
                 ));
             }
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(out)
-                .map_err(|e| format!("--out {shown} cannot be created: {e}"))?;
-            std::fs::remove_file(out).map_err(|e| format!("--out {shown}: {e}"))
+            // Another process may create or remove the file meanwhile
+            // (parallel runs with the same --out): that is no error here.
+            match OpenOptions::new().write(true).create_new(true).open(out) {
+                Ok(_) => match std::fs::remove_file(out) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("--out {shown}: {e}"))
+                    }
+                    _ => Ok(()),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(format!("--out {shown} cannot be created: {e}")),
+            }
         }
         Err(e) => Err(format!("--out {shown}: {e}")),
     }
