@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::network_data as data;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -16,23 +18,6 @@ use score_machines::io::npy;
 fn example() -> &'static Path {
     static EXECUTABLE: OnceLock<PathBuf> = OnceLock::new();
     EXECUTABLE.get_or_init(|| common::build_example("reproduce"))
-}
-
-/// The shared data folder, or `None` after printing `skipped: ...` (a
-/// failure with `SCORE_MACHINES_REQUIRE_DATA=1`).
-fn data() -> Option<PathBuf> {
-    let root = std::env::var_os("SCORE_MACHINES_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if root.join("cnn-mnist/zeros").is_dir() && root.join("mnist").is_dir() {
-        return Some(root);
-    }
-    let reason = format!("{} has no cnn-mnist/zeros or mnist", root.display());
-    if std::env::var("SCORE_MACHINES_REQUIRE_DATA").as_deref() == Ok("1") {
-        panic!("shared data required: {reason}");
-    }
-    println!("skipped: {reason}");
-    None
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -422,7 +422,6 @@ impl DistinctCache {
 
 /// One evaluation over a distinct-window set.
 pub(crate) struct DistinctJob<'a> {
-    pub plan: &'a Plan,
     pub patches: &'a DistinctPatches,
     /// Output positions of the shared set.
     pub positions: &'a [usize],
@@ -501,7 +500,6 @@ fn run_with<V: Vector>(
 ) {
     let patches = job.patches;
     let (len, channels) = (patches.len, patches.channels);
-    let positions = job.plan.shape.positions();
     let mut scaled = vec![0.0f64; TILE_BLOCKS * len * LANES];
     let beta = V::Wide::splat(job.beta);
     let mut sums = vec![[0.0f32; LANES]; channels];
@@ -575,7 +573,6 @@ fn run_with<V: Vector>(
                     sums[c].iter().map(|&s| s as f64).sum::<f64>() * factor
                 });
             }
-            debug_assert!(position < positions);
         }
         start = end;
     }

@@ -386,7 +386,6 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 plan.pad(query, &mut padded);
                 let windows = distinct::DistinctJob::query_windows(plan, &padded, &positions);
                 let job = distinct::DistinctJob {
-                    plan,
                     patches: &patches,
                     positions: &positions,
                     queries: &windows,

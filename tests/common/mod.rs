@@ -50,3 +50,11 @@ pub fn build_example(name: &str) -> PathBuf {
     let end = start + line[start..].find('"').unwrap();
     PathBuf::from(&line[start..end])
 }
+
+/// The shared data folder, if it holds the recorded networks
+/// (`cnn-mnist/zeros`) and MNIST; otherwise as [`shared`].
+pub fn network_data() -> Option<PathBuf> {
+    let networks = shared("cnn-mnist/zeros")?;
+    shared("mnist")?;
+    networks.parent()?.parent().map(Path::to_path_buf)
+}
