@@ -110,6 +110,22 @@ fn utf8<'a>(what: &str, arg: &'a OsStr) -> Result<&'a str, String> {
         .ok_or_else(|| format!("{what} {:?} is not valid UTF-8", arg.to_string_lossy()))
 }
 
+/// The options that take a value.
+const OPTIONS: &[&str] = &[
+    "--class",
+    "--copy-below",
+    "--k",
+    "--machine",
+    "--mnist",
+    "--out",
+    "--rows",
+    "--sampler",
+    "--samples",
+    "--scales",
+    "--seed",
+    "--steps",
+];
+
 fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
     let mut options = Options {
         mnist: None,
@@ -130,6 +146,9 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
         let flag = utf8("option", flag)?;
         if flag == "--help" || flag == "-h" {
             return Ok(None);
+        }
+        if !OPTIONS.contains(&flag) {
+            return Err(format!("unknown option {flag} (see --help)"));
         }
         let raw = args
             .next()

@@ -107,6 +107,23 @@ fn parse_sides(flag: &str, text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+/// The options that take a value.
+const OPTIONS: &[&str] = &[
+    "--calibrate-rows",
+    "--calibrate-seeds",
+    "--candidates",
+    "--criterion",
+    "--machine",
+    "--mnist",
+    "--network",
+    "--out",
+    "--padding",
+    "--published",
+    "--rows",
+    "--scales",
+    "--seeds",
+];
+
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut options = Options {
         network: None,
@@ -128,6 +145,9 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             return Ok(None);
+        }
+        if !OPTIONS.contains(&flag.as_str()) {
+            return Err(format!("unknown option {flag} (see --help)"));
         }
         let value = args
             .next()

@@ -317,13 +317,13 @@ impl Calibration {
 
 impl fmt::Display for Calibration {
     /// One line per step in sampling order: `t`, the side chosen by cosine
-    /// with its median cosine, the side chosen by distance, and the median
+    /// with its median cosine, the side chosen by L2 distance (`by L2`), and the median
     /// cosine of every candidate side.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{:>5} {:>5} {:>8} {:>5} | median cosine by side:",
-            "t", "side", "cosine", "L2"
+            "t", "side", "cosine", "by L2"
         )?;
         for side in &self.candidates {
             write!(f, " {side:>5}")?;
