@@ -632,8 +632,13 @@ fn run(options: Options) -> Result<(), String> {
         ..GridOptions::default()
     };
     write_grid(&options.out, &grid, &grid_options).map_err(text)?;
+    let layout = if grid.len() > 9 {
+        "three seeds per row; for each seed"
+    } else {
+        "for each seed"
+    };
     println!(
-        "wrote {} (three seeds per row; for each: network, {kind}, IS)",
+        "wrote {} ({layout}: network, {kind}, IS)",
         options.out.display()
     );
     Ok(())

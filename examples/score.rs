@@ -34,7 +34,8 @@ usage: score --machine MACHINE [--k K] --t T --train TRAIN.npy --input X.npy --o
   --input     noisy images, float32 [B, C, H, W] with the training C, H, W
   --out       output file, float32 with the input's shape
   --output    score (default), x0 (posterior mean) or eps (noise estimate)
-  --schedule  legacy-cosine (default), cosine, linear or exponential
+  --schedule  legacy-cosine (default), cosine, linear, exponential or
+              variance-exploding (sigma from 0.01 to 50), each with its defaults
   --class     condition on this class label (needs --labels)
   --labels    one integer label per training image, 1-d .npy
   --help      print this message
@@ -204,9 +205,11 @@ fn schedule_named(name: &str) -> Result<Box<dyn NoiseSchedule>, String> {
         "cosine" => Box::new(Cosine::default()),
         "linear" => Box::new(LinearBeta::default()),
         "exponential" => Box::new(Exponential::default()),
+        "variance-exploding" => Box::new(VarianceExploding::default()),
         other => {
             return Err(format!(
-                "unknown schedule {other:?}: expected legacy-cosine, cosine, linear or exponential"
+                "unknown schedule {other:?}: expected legacy-cosine, cosine, linear, exponential \
+                 or variance-exploding"
             ));
         }
     })

@@ -141,6 +141,31 @@ fn output_matches_the_machines_called_directly() {
             Prediction::CleanImage,
             None,
         ),
+        (
+            vec![
+                "--machine",
+                "ls",
+                "--k",
+                "3",
+                "--t",
+                "0.5",
+                "--schedule",
+                "variance-exploding",
+                "--output",
+                "x0",
+            ],
+            0.5,
+            Box::new(
+                Machine::local(
+                    training.clone(),
+                    VarianceExploding::default(),
+                    SquarePatch::new(3).unwrap(),
+                )
+                .unwrap(),
+            ),
+            Prediction::CleanImage,
+            None,
+        ),
     ];
     for (index, (options, t, machine, target, class)) in cases.into_iter().enumerate() {
         let out = dir.join(format!("out{index}.npy"));
