@@ -179,6 +179,19 @@ fn padding_comes_from_the_model_text_or_the_option() {
 }
 
 #[test]
+fn an_unknown_option_is_named_even_last() {
+    let Some(data) = data() else { return };
+    for args in [
+        &["--bogus"][..],
+        &["--bogus", "3"],
+        &["--seeds", "8..9", "--bogus"],
+    ] {
+        assert_error(&run(&data, args), &["unknown option --bogus"]);
+    }
+    assert_error(&run(&data, &["--seeds"]), &["--seeds needs a value"]);
+}
+
+#[test]
 fn an_unwritable_output_is_refused_before_any_work() {
     let Some(data) = data() else { return };
     // The network does not exist either: the output is checked first.
