@@ -372,14 +372,17 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 extent: [patch.up(), patch.down(), patch.left(), patch.right()],
                 set: set.clone(),
             };
+            // A set whose windows repeat too little is not kept: the cache
+            // remembers that it is not worth collecting.
             let patches = self.distinct.get_or_collect(key, || {
                 distinct::DistinctPatches::collect(
                     plan,
                     &set,
                     rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
                 )
+                .filter(distinct::worthwhile)
             });
-            if let Some(patches) = patches.filter(|patches| distinct::worthwhile(patches)) {
+            if let Some(patches) = patches {
                 let positions = set.positions();
                 let mut padded =
                     vec![0.0f32; plan.padded_height * plan.padded_width * shape.channels];
@@ -433,7 +436,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         rows: &[usize],
     ) -> PartialPosterior {
         let shape = self.training.shape();
-        let lanes = fast::LanePlan::new(plan);
+        let lanes = fast::LanePlan::new(plan, rows.len());
         let job = fast::LaneJob {
             plan,
             lanes: &lanes,
