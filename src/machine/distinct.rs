@@ -35,7 +35,7 @@ const MAX_WINDOW_VALUES: usize = 25;
 
 /// The direct sums are used only when the candidate windows repeat at
 /// least this often on average.
-const MIN_REPEATS: f64 = 1.5;
+const MIN_REPEATS: f64 = 2.5;
 
 /// The most memory the distinct windows of one machine may take, over all
 /// its windows and classes; a set that would exceed it is not collected.
