@@ -893,19 +893,18 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
     distances.resize(span_cols, [0.0; LANES]);
 
     for i in 0..z_rows {
-        // The ring slot of row `i` still holds the row sums of row `i - h`,
-        // which leave the window.
+        // The ring slot of row `i` still holds the row sums of row `i - h`
+        // (zeros for the first `h` rows), which leave the window as the
+        // sums of row `i` enter it.
         let slot = &mut row_sums[(i % height) * span_cols..][..span_cols];
-        if i >= height {
-            for (d, leaving) in distances.iter_mut().zip(slot.iter()) {
-                V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
-            }
-        }
         let query_row = rows.first + i;
         let image_row = query_row as isize + rows.delta;
         if image_row < 0 || image_row >= ph as isize {
             // No candidate window reaches this row.
-            slot.fill([0.0; LANES]);
+            for (d, leaving) in distances.iter_mut().zip(slot.iter_mut()) {
+                V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
+                *leaving = [0.0; LANES];
+            }
         } else {
             // Residuals of the row, summed along it by a sliding window.
             let image_row = image_row as usize;
@@ -918,15 +917,13 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
                 e.store(e_j);
                 sum = sum.add(e);
             }
-            sum.store(&mut slot[0]);
+            enter_row_sum::<V>(sum, &mut slot[0], &mut distances[0]);
             for j in width..z_cols {
                 let e = residual_at::<V, STRIDE>(q, p, q_plane, p_plane, channels, j);
                 e.store(&mut residual[j]);
                 sum = sum.add(e).sub(V::Wide::load(&residual[j - width]));
-                sum.store(&mut slot[j + 1 - width]);
-            }
-            for (d, entering) in distances.iter_mut().zip(slot.iter()) {
-                V::Wide::load(d).add(V::Wide::load(entering)).store(d);
+                let k = j + 1 - width;
+                enter_row_sum::<V>(sum, &mut slot[k], &mut distances[k]);
             }
         }
         if i + 1 >= height && rows.valid[i + 1 - height] {
@@ -934,6 +931,16 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
         }
     }
 }
+/// Replaces the row sum in `slot` (leaving the window) by `sum`
+/// (entering it), updating the window distance `distance`.
+#[inline(always)]
+fn enter_row_sum<V: Vector>(sum: V::Wide, slot: &mut WideLanes, distance: &mut WideLanes) {
+    V::Wide::load(distance)
+        .add(sum.sub(V::Wide::load(slot)))
+        .store(distance);
+    sum.store(slot);
+}
+
 /// `sum_c (q(c, j) - a p(c, j + l))^2` for the eight lanes `l`, where `q`
 /// and `p` start at channel 0 of a query row and a scaled training row
 /// and channel planes are `q_plane` and `p_plane` values apart.
