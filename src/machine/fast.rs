@@ -116,9 +116,10 @@ struct RowShift {
     valid: Vec<bool>,
 }
 
-/// Eight consecutive column displacements and, per output column in
-/// `first ..= last`, what each lane adds to its distance: 0 for a
-/// candidate, [`NOT_A_CANDIDATE`] for a lane that is none.
+/// One column displacement (image lanes) or eight consecutive ones
+/// (column lanes) and, per output column in `first ..= last`, what each
+/// lane adds to its distance: 0 for a candidate, [`NOT_A_CANDIDATE`] for
+/// a lane that is none.
 struct ColumnBlock {
     delta: isize,
     first: usize,

@@ -347,8 +347,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
 
     /// The `f32` path. Output pixels that share a candidate set of small,
     /// often repeated windows compare each distinct window once (see
-    /// [`distinct`]); the others take eight candidate columns at a time
-    /// (see [`fast`]).
+    /// [`distinct`]); the others take eight candidates at a time (see
+    /// [`fast`]).
     #[allow(clippy::too_many_arguments)]
     fn stream_f32(
         &self,
@@ -425,7 +425,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         self.stream_lanes(plan, images, query, signal, beta, rows)
     }
 
-    /// Eight candidate columns at a time, see [`fast`].
+    /// Eight candidates at a time, see [`fast`].
     fn stream_lanes(
         &self,
         plan: &Plan,
