@@ -12,6 +12,22 @@
 //! train split of the IDX files in DIR if it is there, otherwise the test
 //! split (`t10k-*`). `--help` lists the options.
 
+/// `println!` that leaves quietly when standard output is a closed pipe
+/// (`... | head`) and reports other write errors on stderr.
+macro_rules! say {
+    () => {
+        say!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*)
+            && error.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("error: cannot write to standard output: {error}");
+        }
+    }};
+}
+
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::ops::Range;
@@ -367,7 +383,7 @@ fn run(options: Options) -> Result<(), String> {
         ),
         None => "embedded UCI digits".to_string(),
     };
-    println!(
+    say!(
         "{} training images {shape} from {source}; machine {}, {} {} steps, scales {:?}",
         training.len(),
         options.machine,
@@ -410,11 +426,11 @@ fn run(options: Options) -> Result<(), String> {
         samples.push(sample);
     }
     bar.finish_and_clear();
-    println!("sampled in {:.1} s", started.elapsed().as_secs_f64());
+    say!("sampled in {:.1} s", started.elapsed().as_secs_f64());
 
     let mut grid = Vec::with_capacity(2 * samples.len());
     let mut copies = 0;
-    println!("sample  nearest row  L2 distance  RMS pixel distance");
+    say!("sample  nearest row  L2 distance  RMS pixel distance");
     for (index, sample) in samples.iter().enumerate() {
         let (row, squared) = training.nearest(sample).map_err(|e| e.to_string())?;
         let rms = (squared / shape.len() as f64).sqrt();
@@ -424,14 +440,14 @@ fn run(options: Options) -> Result<(), String> {
         } else {
             "novel"
         };
-        println!(
+        say!(
             "{index:>6}  {row:>11}  {:>11.4}  {rms:>18.4}  {verdict}",
             squared.sqrt()
         );
         grid.push(sample.clone());
         grid.push(training.to_image(row));
     }
-    println!(
+    say!(
         "copies: {copies} of {} (RMS distance to the nearest training image below {}); novel: {}",
         samples.len(),
         options.copy_below,
@@ -439,7 +455,7 @@ fn run(options: Options) -> Result<(), String> {
     );
 
     write_grid(&options.out, &grid, &grid_options).map_err(|e| e.to_string())?;
-    println!(
+    say!(
         "wrote {} (pairs: sample, then its nearest training image)",
         options.out.display()
     );
@@ -451,7 +467,7 @@ fn main() -> ExitCode {
     let options = match parse(&args) {
         Ok(Some(options)) => options,
         Ok(None) => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(message) => {

@@ -16,6 +16,22 @@
 //! a table and writes `reproduce.png`. `--help` lists the options; errors
 //! print one line `error: ...` and exit with code 2.
 
+/// `println!` that leaves quietly when standard output is a closed pipe
+/// (`... | head`) and reports other write errors on stderr.
+macro_rules! say {
+    () => {
+        say!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*)
+            && error.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("error: cannot write to standard output: {error}");
+        }
+    }};
+}
+
 use std::fs::OpenOptions;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -465,7 +481,7 @@ fn run(options: Options) -> Result<(), String> {
             recording.shape()
         ));
     }
-    println!(
+    say!(
         "network {} ({} padding), {count} trajectories of {steps} steps; machine {kind}; \
          {} training images (rows {}..{})",
         network.display(),
@@ -497,7 +513,7 @@ fn run(options: Options) -> Result<(), String> {
             )
             .map_err(text)?;
             progress.finish_and_clear();
-            println!(
+            say!(
                 "calibrated on trajectories {}..{} with training rows {}..{} over sides {:?} \
                  in {:.1} s:\n{calibration}",
                 options.calibrate_seeds.start,
@@ -523,7 +539,7 @@ fn run(options: Options) -> Result<(), String> {
                 .clone()
                 .unwrap_or_else(|| data.join("published-scales.json"));
             let sides = published_schedule(&path, key)?;
-            println!("published schedule {key} from {}", path.display());
+            say!("published schedule {key} from {}", path.display());
             sides
         }
         list => parse_sides("--scales", list)?,
@@ -536,7 +552,7 @@ fn run(options: Options) -> Result<(), String> {
     }
     let schedule = ScaleSchedule::new(sides.clone()).map_err(text)?;
     if kind != "is" {
-        println!("scale schedule (low noise first): {sides:?}");
+        say!("scale schedule (low noise first): {sides:?}");
     }
 
     let machine = build(kind, &training, schedule).map_err(text)?;
@@ -561,7 +577,7 @@ fn run(options: Options) -> Result<(), String> {
     let run = compare(&evaluated, &machine, &ideal, &sampler, &mut tick).map_err(text)?;
     progress.finish_and_clear();
     let comparison = &run.comparison;
-    println!(
+    say!(
         "sampled {} seeds ({}..{}) with {steps}-step DDIM in {:.1} s",
         evaluated.len(),
         seeds.start,
@@ -569,12 +585,12 @@ fn run(options: Options) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     if kind == "is" {
-        println!("  seed   r IS");
+        say!("  seed   r IS");
         for seed in comparison.seeds() {
-            println!("  {:>4}   {:>6.4}", seed.seed, seed.machine.r);
+            say!("  {:>4}   {:>6.4}", seed.seed, seed.machine.r);
         }
     } else {
-        println!("  seed   r {kind:<6} r IS");
+        say!("  seed   r {kind:<6} r IS");
         for seed in comparison.seeds() {
             let verdict = if seed.machine_wins() {
                 ""
@@ -583,19 +599,24 @@ fn run(options: Options) -> Result<(), String> {
             } else {
                 "  (IS closer)"
             };
-            println!(
+            say!(
                 "  {:>4}   {:>8.4} {:>6.4}{verdict}",
-                seed.seed, seed.machine.r, seed.baseline.r
+                seed.seed,
+                seed.machine.r,
+                seed.baseline.r
             );
         }
     }
-    println!();
-    println!(
+    say!();
+    say!(
         "{:<8} {:>9} {:>11} {:>18}",
-        "machine", "median r", "median r^2", "fraction beating IS"
+        "machine",
+        "median r",
+        "median r^2",
+        "fraction beating IS"
     );
     if kind == "is" {
-        println!(
+        say!(
             "{:<8} {:>9.4} {:>11.4} {:>18}",
             kind,
             comparison.median_r(),
@@ -603,14 +624,14 @@ fn run(options: Options) -> Result<(), String> {
             "-"
         );
     } else {
-        println!(
+        say!(
             "{:<8} {:>9.4} {:>11.4} {:>18.3}",
             kind,
             comparison.median_r(),
             comparison.median_r_squared(),
             comparison.fraction_beating_baseline()
         );
-        println!(
+        say!(
             "{:<8} {:>9.4} {:>11.4} {:>18}",
             "is",
             comparison.baseline_median_r(),
@@ -637,7 +658,7 @@ fn run(options: Options) -> Result<(), String> {
     } else {
         "for each seed"
     };
-    println!(
+    say!(
         "wrote {} ({layout}: network, {kind}, IS)",
         options.out.display()
     );
@@ -658,7 +679,7 @@ fn main() -> ExitCode {
     let result = parse(&args).and_then(|options| match options {
         Some(options) => run(options),
         None => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             Ok(())
         }
     });

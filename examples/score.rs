@@ -11,6 +11,22 @@
 //! exits with code 2; success prints one line naming the file written and
 //! its shape. Run with `--help` for every option.
 
+/// `println!` that leaves quietly when standard output is a closed pipe
+/// (`... | head`) and reports other write errors on stderr.
+macro_rules! say {
+    () => {
+        say!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*)
+            && error.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("error: cannot write to standard output: {error}");
+        }
+    }};
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -77,7 +93,7 @@ fn main() -> ExitCode {
         }
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
+        say!("{USAGE}");
         return ExitCode::SUCCESS;
     }
     match parse(&args).and_then(|options| run(&options)) {
@@ -113,7 +129,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--labels",
         ];
         let Some(&name) = NAMES.iter().find(|&&n| n == name) else {
-            return Err(format!("unknown argument {arg:?} (see --help)"));
+            return Err(format!("unknown option {arg:?} (see --help)"));
         };
         if values.iter().any(|(n, _)| *n == name) {
             return Err(format!("{name} given twice"));
@@ -292,7 +308,7 @@ fn run(options: &Options) -> Result<(), String> {
         Prediction::CleanImage => "x0",
         Prediction::Noise => "eps",
     };
-    println!(
+    say!(
         "wrote {}: {what} of {} images, float32 {input_shape:?}",
         options.out.display(),
         input_shape[0]

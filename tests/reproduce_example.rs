@@ -80,6 +80,41 @@ fn small_calibrated_run_prints_a_table_and_writes_the_grid() {
     std::fs::remove_file(out).ok();
 }
 
+/// With standard output closed (`reproduce ... | head -1`), the run
+/// finishes quietly instead of panicking on its next line.
+#[test]
+fn a_closed_standard_output_is_not_a_panic() {
+    let Some(data) = data() else { return };
+    let out = out_file("closed-stdout");
+    let network = data.join("cnn-mnist/zeros");
+    let mut child = Command::new(example())
+        .args([
+            "--network",
+            network.to_str().unwrap(),
+            "--rows",
+            "0..3",
+            "--candidates",
+            "3",
+            "--calibrate-seeds",
+            "0..1",
+            "--seeds",
+            "8..9",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    // Close the reading end before the program prints anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("the example runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_file(out).ok();
+}
+
 #[test]
 fn published_schedule_is_read_for_the_network_padding() {
     let Some(data) = data() else { return };
