@@ -206,6 +206,25 @@ fn folder_without_labels_gives_unlabelled_raw_split() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A folder with no MNIST image file is an `Error::Io` naming both splits'
+/// files.
+#[test]
+fn a_folder_without_mnist_names_both_splits() {
+    let dir = scratch("no-mnist");
+    let error = idx::read_mnist_rows::<f32>(&dir, 0..1).unwrap_err();
+    assert!(matches!(error, Error::Io { .. }), "{error:?}");
+    let message = error.to_string();
+    for file in [
+        "train-images-idx3-ubyte",
+        "train-images-idx3-ubyte.gz",
+        "t10k-images-idx3-ubyte",
+        "t10k-images-idx3-ubyte.gz",
+    ] {
+        assert!(message.contains(file), "{message}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn npy_round_trips_in_both_precisions() {
     let dir = scratch("npy");

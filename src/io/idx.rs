@@ -178,12 +178,13 @@ pub fn read_mnist_rows<T: Real>(
             rows.start, rows.end
         )));
     }
-    let split = if find(dir, Split::Train.images_file()).is_some() {
-        Split::Train
-    } else {
-        Split::Test
+    let (split, images) = match find(dir, Split::Train.images_file()) {
+        Some(path) => (Split::Train, path),
+        None => match find(dir, Split::Test.images_file()) {
+            Some(path) => (Split::Test, path),
+            None => return Err(missing_both(dir)),
+        },
     };
-    let images = find(dir, split.images_file()).ok_or_else(|| missing(dir, split))?;
     let file = ImageFile::read(&images)?;
     if rows.end > file.count {
         return Err(Error::InvalidParameter(format!(
@@ -214,6 +215,22 @@ fn missing(dir: &Path, split: Split) -> Error {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("neither {name} nor {name}.gz exists in {}", dir.display()),
+        ),
+    )
+}
+
+/// The error for a folder with neither split's image file.
+fn missing_both(dir: &Path) -> Error {
+    let (train, test) = (Split::Train.images_file(), Split::Test.images_file());
+    io_error(
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no MNIST image file: none of {train}, {train}.gz, {test} or {test}.gz \
+                 exists in {}",
+                dir.display()
+            ),
         ),
     )
 }
