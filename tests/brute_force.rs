@@ -405,6 +405,52 @@ fn mnist_agree<T: Real>(tolerance: f64, cases: &[MnistCase]) {
     tally.finish(&format!("MNIST digits, {}", T::NAME));
 }
 
+/// One huge pixel among values in `[-1, 1]`: sliding window sums would
+/// carry its rounding error into the distances of every later window of
+/// its row and column, so the machines sum such distances directly and
+/// every output agrees with the reference, in `f64` and `f32`, with
+/// column lanes (9 images) and image lanes (40).
+#[test]
+fn one_outlier_pixel_spoils_no_other_distance() {
+    let mut tally = Tally::default();
+    for count in [9, 40] {
+        let case = random_case(1, 6, 12, count, 13);
+        let mut pixels = case.training.clone();
+        pixels[3] = 1e6;
+        let training = TrainingSet::new(case.shape, pixels.clone(), None).unwrap();
+        let narrow = TrainingSet::new(case.shape, narrowed::<f32>(&pixels), None).unwrap();
+        for (i, t) in [0.01, 0.3].into_iter().enumerate() {
+            let source = &case.training[20 % count * case.shape.len()..][..case.shape.len()];
+            let values = noised(source, t, 600 + i as u64);
+            let x = Image::from_vec(case.shape, values.clone()).unwrap();
+            let x_narrow = Image::from_vec(case.shape, narrowed::<f32>(&values)).unwrap();
+            let label = format!("outlier N={count}");
+            let sides = [1, 3, 5];
+            compare_all(
+                &mut tally,
+                &label,
+                &training,
+                &x,
+                t,
+                &KINDS,
+                &sides,
+                TOLERANCE_F64,
+            );
+            compare_all(
+                &mut tally,
+                &label,
+                &narrow,
+                &x_narrow,
+                t,
+                &KINDS,
+                &sides,
+                TOLERANCE_F32,
+            );
+        }
+    }
+    tally.finish("one outlier pixel");
+}
+
 /// With many training images the `f32` kernel puts eight of them in its
 /// vector lanes and folds its sums every few groups; on 600 MNIST digits
 /// it agrees with the `f64` kernel (itself checked against the reference

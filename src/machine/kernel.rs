@@ -29,12 +29,14 @@ pub(crate) struct Scratch {
     pub distances: Vec<f64>,
 }
 
-/// Adds every candidate of one padded training image to `posterior`.
+/// Adds every candidate of one padded training image to `posterior`;
+/// with `direct_only` every distance is summed directly, never slid.
 pub(crate) fn accumulate(
     plan: &Plan,
     query: &[f64],
     image: &[f64],
     signal: f64,
+    direct_only: bool,
     posterior: &mut PartialPosterior,
     scratch: &mut Scratch,
 ) {
@@ -44,7 +46,7 @@ pub(crate) fn accumulate(
             let pairs = rows.queries.len() * cols.queries.len();
             let direct_cost = pairs * height * width;
             let sliding_cost = 3 * (rows.span() + height - 1) * (cols.span() + width - 1);
-            if !plan.patch.is_uniform() || direct_cost <= sliding_cost {
+            if direct_only || !plan.patch.is_uniform() || direct_cost <= sliding_cost {
                 direct(plan, query, image, signal, rows, cols, posterior);
             } else {
                 sliding(plan, query, image, signal, rows, cols, posterior, scratch);

@@ -26,6 +26,13 @@ use plan::Plan;
 /// Number of training images one worker takes at a time.
 const CHUNK: usize = 32;
 
+/// The largest worst-case error of a softmax exponent `beta d` that sliding
+/// window sums may cause; beyond it distances are summed directly. The
+/// bound assumes every rounding error at its largest; for pixels in
+/// `[-1, 1]` and 15x15 windows on 28x28 images it reaches this value only
+/// at noise scales below about `2e-4`.
+const SLIDING_EXPONENT_ERROR: f64 = 1e-4;
+
 /// An analytic score machine over a training set.
 ///
 /// For a noisy image `phi_t` at time `t`, with `a = a(t)`, `s = s(t)` from
@@ -321,6 +328,20 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             )));
         }
 
+        // A sliding sum adds each residual once and subtracts it again, so
+        // it carries a rounding error of up to `eps` times the largest
+        // residual it has seen, at most `channels (max |phi_t| + |a| max
+        // |phi^mu|)^2`, into every later sum of its row (at most `pw w`
+        // steps of row sums below `w` residuals) and column (`ph h w`).
+        // Where beta times that bound could pass `SLIDING_EXPONENT_ERROR`
+        // (pixels spanning many orders of magnitude, or tiny noise), every
+        // distance is summed directly instead.
+        let largest_residual =
+            shape.channels as f64 * (largest_query + signal.abs() * largest_training).powi(2);
+        let (height, width) = (plan.patch.height() as f64, plan.patch.width() as f64);
+        let steps = plan.padded_width as f64 * width + plan.padded_height as f64 * height * width;
+        let direct_only = beta * largest_residual * steps * f64::EPSILON > SLIDING_EXPONENT_ERROR;
+
         if plan.global {
             let query = x.as_slice();
             return Ok(self.reduce(&rows, 256, beta, |rows| {
@@ -332,7 +353,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         // from the f32 range for any image size. Keep beta where its f32
         // form and the skipping bound of the lane kernel hold.
         let fast = T::as_f32(self.training.as_slice()).filter(|_| {
-            plan.patch.is_uniform()
+            !direct_only
+                && plan.patch.is_uniform()
                 && (1e-30..=1e30).contains(&beta)
                 && largest_training <= 1e20
                 && largest_query <= 1e30
@@ -342,7 +364,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         }
         let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
         plan.pad(x.as_slice(), &mut query);
-        Ok(self.stream(&plan, &query, signal, beta, &rows))
+        Ok(self.stream(&plan, &query, signal, beta, direct_only, &rows))
     }
 
     /// The `f32` path. Output pixels that share a candidate set of small,
@@ -492,6 +514,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         query: &[f64],
         signal: f64,
         beta: f64,
+        direct_only: bool,
         rows: &[usize],
     ) -> PartialPosterior {
         let shape = self.training.shape();
@@ -505,7 +528,15 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             for &row in rows {
                 let mut padded = std::mem::take(&mut scratch.padded_image);
                 plan.pad(self.training.image(row), &mut padded);
-                kernel::accumulate(plan, query, &padded, signal, &mut posterior, &mut scratch);
+                kernel::accumulate(
+                    plan,
+                    query,
+                    &padded,
+                    signal,
+                    direct_only,
+                    &mut posterior,
+                    &mut scratch,
+                );
                 scratch.padded_image = padded;
             }
             posterior
