@@ -39,10 +39,17 @@ pub trait Real:
     /// The slice as `f32`, when `Self` is `f32` (selects the `f32` kernels).
     #[doc(hidden)]
     fn as_f32(values: &[Self]) -> Option<&[f32]>;
+
+    /// The largest worst-case error of a softmax exponent `beta d` that
+    /// sliding window sums may cause before a machine over this type sums
+    /// distances directly instead (see docs/precision.md).
+    #[doc(hidden)]
+    const SLIDING_EXPONENT_ERROR: f64;
 }
 
 impl Real for f32 {
     const NAME: &'static str = "f32";
+    const SLIDING_EXPONENT_ERROR: f64 = 1e-4;
 
     #[inline]
     fn narrow(value: f64) -> Self {
@@ -61,6 +68,7 @@ impl Real for f32 {
 
 impl Real for f64 {
     const NAME: &'static str = "f64";
+    const SLIDING_EXPONENT_ERROR: f64 = 1e-7;
 
     #[inline]
     fn narrow(value: f64) -> Self {

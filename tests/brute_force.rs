@@ -405,11 +405,12 @@ fn mnist_agree<T: Real>(tolerance: f64, cases: &[MnistCase]) {
     tally.finish(&format!("MNIST digits, {}", T::NAME));
 }
 
-/// One huge pixel among values in `[-1, 1]`: sliding window sums would
-/// carry its rounding error into the distances of every later window of
-/// its row and column, so the machines sum such distances directly and
-/// every output agrees with the reference, in `f64` and `f32`, with
-/// column lanes (9 images) and image lanes (40).
+/// One huge pixel among values in `[-1, 1]`, in the training set or in the
+/// query: sliding window sums would carry its rounding error into the
+/// distances of every later window of its row and column, so the machines
+/// sum such distances directly and every output agrees with the
+/// reference, in `f64` and `f32`, with column lanes (9 or 12 images) and
+/// image lanes (40).
 #[test]
 fn one_outlier_pixel_spoils_no_other_distance() {
     let mut tally = Tally::default();
@@ -436,6 +437,46 @@ fn one_outlier_pixel_spoils_no_other_distance() {
                 &sides,
                 TOLERANCE_F64,
             );
+            compare_all(
+                &mut tally,
+                &label,
+                &narrow,
+                &x_narrow,
+                t,
+                &KINDS,
+                &sides,
+                TOLERANCE_F32,
+            );
+        }
+    }
+    // A huge pixel in the query instead, at magnitudes where sliding sums
+    // would still pass the `f32` tolerance but not the `f64` one.
+    let case = random_case(1, 6, 12, 12, 14);
+    let training = TrainingSet::new(case.shape, case.training.clone(), None).unwrap();
+    let narrow = TrainingSet::new(case.shape, narrowed::<f32>(&case.training), None).unwrap();
+    for outlier in [3e3, 3e4, 1e6] {
+        for (i, t) in [0.1, 0.3, 0.9].into_iter().enumerate() {
+            let mut values = noised(&case.sources[0], t, 700 + i as u64);
+            values[14] = outlier;
+            let x = Image::from_vec(case.shape, values.clone()).unwrap();
+            let x_narrow = Image::from_vec(case.shape, narrowed::<f32>(&values)).unwrap();
+            let label = format!("query outlier {outlier:e}");
+            let sides = [1, 3, 5];
+            let local = [Is, Ls, Els, ElsPeriodic, BbEls];
+            compare_all(
+                &mut tally,
+                &label,
+                &training,
+                &x,
+                t,
+                &local,
+                &sides,
+                TOLERANCE_F64,
+            );
+            // Every ES window holds the outlier: its distances near
+            // `outlier^2` are known to `eps outlier^2` in any summation
+            // order, which moves `beta d` by about `1e-9` at `3e3`.
+            compare_all(&mut tally, &label, &training, &x, t, &[Es], &sides, 1e-8);
             compare_all(
                 &mut tally,
                 &label,

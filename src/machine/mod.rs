@@ -26,13 +26,6 @@ use plan::Plan;
 /// Number of training images one worker takes at a time.
 const CHUNK: usize = 32;
 
-/// The largest worst-case error of a softmax exponent `beta d` that sliding
-/// window sums may cause; beyond it distances are summed directly. The
-/// bound assumes every rounding error at its largest; for pixels in
-/// `[-1, 1]` and 15x15 windows on 28x28 images it reaches this value only
-/// at noise scales below about `2e-4`.
-const SLIDING_EXPONENT_ERROR: f64 = 1e-4;
-
 /// An analytic score machine over a training set.
 ///
 /// For a noisy image `phi_t` at time `t`, with `a = a(t)`, `s = s(t)` from
@@ -330,17 +323,18 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
 
         // A sliding sum adds each residual once and subtracts it again, so
         // it carries a rounding error of up to `eps` times the largest
-        // residual it has seen, at most `channels (max |phi_t| + |a| max
-        // |phi^mu|)^2`, into every later sum of its row (at most `pw w`
-        // steps of row sums below `w` residuals) and column (`ph h w`).
-        // Where beta times that bound could pass `SLIDING_EXPONENT_ERROR`
-        // (pixels spanning many orders of magnitude, or tiny noise), every
-        // distance is summed directly instead.
-        let largest_residual =
-            shape.channels as f64 * (largest_query + signal.abs() * largest_training).powi(2);
+        // residual it has seen into every later sum of its row (at most
+        // `pw` steps of sums below `w` residuals) and, through each of the
+        // `h` row sums of a window, into the window distances (at most `ph`
+        // more steps of sums below `h w` residuals): at most
+        // `eps R h w (pw + ph)` per distance, `R` the largest residual.
+        // Where beta times that could pass the storage type's
+        // `SLIDING_EXPONENT_ERROR` (pixels spanning many orders of
+        // magnitude, or tiny noise), every distance is summed directly.
         let (height, width) = (plan.patch.height() as f64, plan.patch.width() as f64);
-        let steps = plan.padded_width as f64 * width + plan.padded_height as f64 * height * width;
-        let direct_only = beta * largest_residual * steps * f64::EPSILON > SLIDING_EXPONENT_ERROR;
+        let steps = height * width * (plan.padded_width + plan.padded_height) as f64;
+        let direct_only = beta * largest_residual(x, ranges, signal) * steps * f64::EPSILON
+            > T::SLIDING_EXPONENT_ERROR;
 
         if plan.global {
             let query = x.as_slice();
@@ -574,6 +568,30 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         }
         Ok(())
     }
+}
+
+/// The largest residual `sum_c (phi_t(c, z) - a phi^mu(c, z'))^2` any
+/// window sum can meet: per channel, from the ranges of the query and of
+/// the training images (`training_ranges`), both widened to include the
+/// zeros of padding.
+fn largest_residual<T: Real>(x: &Image<T>, training_ranges: &[(f64, f64)], signal: f64) -> f64 {
+    let plane = x.shape().positions();
+    x.as_slice()
+        .chunks(plane)
+        .zip(training_ranges)
+        .map(|(values, &(lo, hi))| {
+            let (q_lo, q_hi) = values.iter().fold((0.0_f64, 0.0_f64), |(a, b), v| {
+                (a.min(v.widen()), b.max(v.widen()))
+            });
+            let (p_lo, p_hi) = (lo.min(0.0), hi.max(0.0));
+            let (s_lo, s_hi) = if signal >= 0.0 {
+                (signal * p_lo, signal * p_hi)
+            } else {
+                (signal * p_hi, signal * p_lo)
+            };
+            (q_lo - s_hi).powi(2).max((q_hi - s_lo).powi(2))
+        })
+        .sum()
 }
 
 /// Per channel, the smallest and largest value of the training images
