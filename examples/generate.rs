@@ -12,26 +12,14 @@
 //! train split of the IDX files in DIR if it is there, otherwise the test
 //! split (`t10k-*`). `--help` lists the options.
 
-/// `println!` that leaves quietly when standard output is a closed pipe
-/// (`... | head`) and reports other write errors on stderr.
-macro_rules! say {
-    () => {
-        say!("")
-    };
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*)
-            && error.kind() != std::io::ErrorKind::BrokenPipe
-        {
-            eprintln!("error: cannot write to standard output: {error}");
-        }
-    }};
-}
+#[macro_use]
+mod common;
+
+use common::check_output;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::OpenOptions;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -224,42 +212,6 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
         return Err("give either --scales or --k, not both".into());
     }
     Ok(Some(options))
-}
-
-/// Checks, before any work, that the grid can be written to `out`: its
-/// folder exists, and the file either exists as a regular, writable file
-/// (left unchanged here) or can be created (and is removed again).
-fn check_output(out: &Path) -> Result<(), String> {
-    let shown = out.display();
-    match std::fs::metadata(out) {
-        Ok(metadata) if !metadata.is_file() => {
-            Err(format!("--out {shown} exists and is not a regular file"))
-        }
-        Ok(_) => OpenOptions::new()
-            .append(true)
-            .open(out)
-            .map(drop)
-            .map_err(|e| format!("--out {shown} cannot be written: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let folder = match out.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => Path::new("."),
-            };
-            if !folder.is_dir() {
-                return Err(format!(
-                    "--out {shown}: the folder {} does not exist",
-                    folder.display()
-                ));
-            }
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(out)
-                .map_err(|e| format!("--out {shown} cannot be created: {e}"))?;
-            std::fs::remove_file(out).map_err(|e| format!("--out {shown}: {e}"))
-        }
-        Err(e) => Err(format!("--out {shown}: {e}")),
-    }
 }
 
 /// The layout of the output grid for images of `shape`.

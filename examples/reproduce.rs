@@ -16,23 +16,11 @@
 //! a table and writes `reproduce.png`. `--help` lists the options; errors
 //! print one line `error: ...` and exit with code 2.
 
-/// `println!` that leaves quietly when standard output is a closed pipe
-/// (`... | head`) and reports other write errors on stderr.
-macro_rules! say {
-    () => {
-        say!("")
-    };
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*)
-            && error.kind() != std::io::ErrorKind::BrokenPipe
-        {
-            eprintln!("error: cannot write to standard output: {error}");
-        }
-    }};
-}
+#[macro_use]
+mod common;
 
-use std::fs::OpenOptions;
+use common::check_output;
+
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -293,48 +281,6 @@ fn published_schedule(path: &Path, key: &str) -> Result<Vec<usize>, String> {
                 })
         })
         .collect()
-}
-
-/// Checks, before any work, that the grid can be written to `out`: its
-/// folder exists, and the file either exists as a regular, writable file
-/// (left unchanged here) or can be created (and is removed again).
-fn check_output(out: &Path) -> Result<(), String> {
-    let shown = out.display();
-    match std::fs::metadata(out) {
-        Ok(metadata) if !metadata.is_file() => {
-            Err(format!("--out {shown} exists and is not a regular file"))
-        }
-        Ok(_) => OpenOptions::new()
-            .append(true)
-            .open(out)
-            .map(drop)
-            .map_err(|e| format!("--out {shown} cannot be written: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let folder = match out.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => Path::new("."),
-            };
-            if !folder.is_dir() {
-                return Err(format!(
-                    "--out {shown}: the folder {} does not exist",
-                    folder.display()
-                ));
-            }
-            // Another process may create or remove the file meanwhile
-            // (parallel runs with the same --out): that is no error here.
-            match OpenOptions::new().write(true).create_new(true).open(out) {
-                Ok(_) => match std::fs::remove_file(out) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(format!("--out {shown}: {e}"))
-                    }
-                    _ => Ok(()),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(format!("--out {shown} cannot be created: {e}")),
-            }
-        }
-        Err(e) => Err(format!("--out {shown}: {e}")),
-    }
 }
 
 /// A machine of kind `kind` over `training` with locality `locality`.

@@ -11,21 +11,8 @@
 //! exits with code 2; success prints one line naming the file written and
 //! its shape. Run with `--help` for every option.
 
-/// `println!` that leaves quietly when standard output is a closed pipe
-/// (`... | head`) and reports other write errors on stderr.
-macro_rules! say {
-    () => {
-        say!("")
-    };
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*)
-            && error.kind() != std::io::ErrorKind::BrokenPipe
-        {
-            eprintln!("error: cannot write to standard output: {error}");
-        }
-    }};
-}
+#[macro_use]
+mod common;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

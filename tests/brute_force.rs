@@ -418,78 +418,66 @@ fn one_outlier_pixel_spoils_no_other_distance() {
         let case = random_case(1, 6, 12, count, 13);
         let mut pixels = case.training.clone();
         pixels[3] = 1e6;
-        let training = TrainingSet::new(case.shape, pixels.clone(), None).unwrap();
-        let narrow = TrainingSet::new(case.shape, narrowed::<f32>(&pixels), None).unwrap();
         for (i, t) in [0.01, 0.3].into_iter().enumerate() {
             let source = &case.training[20 % count * case.shape.len()..][..case.shape.len()];
-            let values = noised(source, t, 600 + i as u64);
-            let x = Image::from_vec(case.shape, values.clone()).unwrap();
-            let x_narrow = Image::from_vec(case.shape, narrowed::<f32>(&values)).unwrap();
+            let query = noised(source, t, 600 + i as u64);
             let label = format!("outlier N={count}");
-            let sides = [1, 3, 5];
-            compare_all(
+            compare_outlier_case(
                 &mut tally,
                 &label,
-                &training,
-                &x,
+                case.shape,
+                &pixels,
+                &query,
                 t,
-                &KINDS,
-                &sides,
                 TOLERANCE_F64,
-            );
-            compare_all(
-                &mut tally,
-                &label,
-                &narrow,
-                &x_narrow,
-                t,
-                &KINDS,
-                &sides,
-                TOLERANCE_F32,
             );
         }
     }
     // A huge pixel in the query instead, at magnitudes where sliding sums
     // would still pass the `f32` tolerance but not the `f64` one.
     let case = random_case(1, 6, 12, 12, 14);
-    let training = TrainingSet::new(case.shape, case.training.clone(), None).unwrap();
-    let narrow = TrainingSet::new(case.shape, narrowed::<f32>(&case.training), None).unwrap();
     for outlier in [3e3, 3e4, 1e6] {
         for (i, t) in [0.1, 0.3, 0.9].into_iter().enumerate() {
-            let mut values = noised(&case.sources[0], t, 700 + i as u64);
-            values[14] = outlier;
-            let x = Image::from_vec(case.shape, values.clone()).unwrap();
-            let x_narrow = Image::from_vec(case.shape, narrowed::<f32>(&values)).unwrap();
+            let mut query = noised(&case.sources[0], t, 700 + i as u64);
+            query[14] = outlier;
             let label = format!("query outlier {outlier:e}");
-            let sides = [1, 3, 5];
-            let local = [Is, Ls, Els, ElsPeriodic, BbEls];
-            compare_all(
-                &mut tally,
-                &label,
-                &training,
-                &x,
-                t,
-                &local,
-                &sides,
-                TOLERANCE_F64,
-            );
             // Every ES window holds the outlier: its distances near
             // `outlier^2` are known to `eps outlier^2` in any summation
             // order, which moves `beta d` by about `1e-9` at `3e3`.
-            compare_all(&mut tally, &label, &training, &x, t, &[Es], &sides, 1e-8);
-            compare_all(
+            compare_outlier_case(
                 &mut tally,
                 &label,
-                &narrow,
-                &x_narrow,
+                case.shape,
+                &case.training,
+                &query,
                 t,
-                &KINDS,
-                &sides,
-                TOLERANCE_F32,
+                1e-8,
             );
         }
     }
     tally.finish("one outlier pixel");
+}
+
+/// Every machine over `training` in `f64` and `f32`, sides 1, 3 and 5,
+/// against the reference at `query`; ES in `f64` with `es_tolerance`.
+fn compare_outlier_case(
+    tally: &mut Tally,
+    label: &str,
+    shape: Shape,
+    training: &[f64],
+    query: &[f64],
+    t: f64,
+    es_tolerance: f64,
+) {
+    let sides = [1, 3, 5];
+    let wide = TrainingSet::new(shape, training.to_vec(), None).unwrap();
+    let x = Image::from_vec(shape, query.to_vec()).unwrap();
+    let local = [Is, Ls, Els, ElsPeriodic, BbEls];
+    compare_all(tally, label, &wide, &x, t, &local, &sides, TOLERANCE_F64);
+    compare_all(tally, label, &wide, &x, t, &[Es], &sides, es_tolerance);
+    let narrow = TrainingSet::new(shape, narrowed::<f32>(training), None).unwrap();
+    let x = Image::from_vec(shape, narrowed::<f32>(query)).unwrap();
+    compare_all(tally, label, &narrow, &x, t, &KINDS, &sides, TOLERANCE_F32);
 }
 
 /// With many training images the `f32` kernel puts eight of them in its
