@@ -154,7 +154,7 @@ impl LanePlan {
     /// candidate. With eight consecutive column displacements in the lanes
     /// instead, a block covers the union of eight output ranges that are
     /// shifted against each other, and near the ends of those ranges some
-    /// lanes are no candidate. Image lanes are faster (1.3x to 3.5x on
+    /// lanes are no candidate. Image lanes are faster (1.2x to 3.3x on
     /// MNIST) as long as there are enough images to fill the lanes; the
     /// same-location plan (LS) always uses them.
     pub fn new(plan: &Plan, images: usize) -> Self {
