@@ -309,10 +309,10 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         let largest_training = ranges
             .iter()
             .fold(0.0_f64, |m, &(lo, hi)| m.max(lo.abs()).max(hi.abs()));
-        let largest_query = x
-            .as_slice()
+        let query_ranges = image_ranges(x);
+        let largest_query = query_ranges
             .iter()
-            .fold(0.0_f64, |m, v| m.max(v.widen().abs()));
+            .fold(0.0_f64, |m, &(lo, hi)| m.max(lo.abs()).max(hi.abs()));
         let bound = plan.weight_sum() * (largest_query + signal.abs() * largest_training).powi(2);
         if !bound.is_finite() {
             return Err(Error::InvalidParameter(format!(
@@ -333,8 +333,9 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         // magnitude, or tiny noise), every distance is summed directly.
         let (height, width) = (plan.patch.height() as f64, plan.patch.width() as f64);
         let steps = height * width * (plan.padded_width + plan.padded_height) as f64;
-        let direct_only = beta * largest_residual(x, ranges, signal) * steps * f64::EPSILON
-            > T::SLIDING_EXPONENT_ERROR;
+        let direct_only =
+            beta * largest_residual(&query_ranges, ranges, signal) * steps * f64::EPSILON
+                > T::SLIDING_EXPONENT_ERROR;
 
         if plan.global {
             let query = x.as_slice();
@@ -570,20 +571,34 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
     }
 }
 
+/// Per channel, the smallest and largest value of `x`.
+fn image_ranges<T: Real>(x: &Image<T>) -> Vec<(f64, f64)> {
+    x.as_slice()
+        .chunks(x.shape().positions())
+        .map(|values| {
+            values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                    (lo.min(v.widen()), hi.max(v.widen()))
+                })
+        })
+        .collect()
+}
+
 /// The largest residual `sum_c (phi_t(c, z) - a phi^mu(c, z'))^2` any
 /// window sum can meet: per channel, from the ranges of the query and of
-/// the training images (`training_ranges`), both widened to include the
-/// zeros of padding.
-fn largest_residual<T: Real>(x: &Image<T>, training_ranges: &[(f64, f64)], signal: f64) -> f64 {
-    let plane = x.shape().positions();
-    x.as_slice()
-        .chunks(plane)
+/// the training images, both widened to include the zeros of padding.
+fn largest_residual(
+    query_ranges: &[(f64, f64)],
+    training_ranges: &[(f64, f64)],
+    signal: f64,
+) -> f64 {
+    query_ranges
+        .iter()
         .zip(training_ranges)
-        .map(|(values, &(lo, hi))| {
-            let (q_lo, q_hi) = values.iter().fold((0.0_f64, 0.0_f64), |(a, b), v| {
-                (a.min(v.widen()), b.max(v.widen()))
-            });
-            let (p_lo, p_hi) = (lo.min(0.0), hi.max(0.0));
+        .map(|(&(q_lo, q_hi), &(p_lo, p_hi))| {
+            let (q_lo, q_hi) = (q_lo.min(0.0), q_hi.max(0.0));
+            let (p_lo, p_hi) = (p_lo.min(0.0), p_hi.max(0.0));
             let (s_lo, s_hi) = if signal >= 0.0 {
                 (signal * p_lo, signal * p_hi)
             } else {
