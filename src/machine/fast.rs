@@ -260,7 +260,10 @@ struct LaneState {
     /// last fold.
     nearest: Vec<WideLanes>,
     normaliser: Vec<Lanes>,
+    /// Weighted sums, position-major: channel `c` of position `p` at
+    /// `p * channels + c`.
     sums: Vec<Lanes>,
+    channels: usize,
 }
 
 impl LaneState {
@@ -270,6 +273,7 @@ impl LaneState {
             nearest: vec![[f64::INFINITY; LANES]; positions],
             normaliser: vec![[0.0; LANES]; positions],
             sums: vec![[0.0; LANES]; positions * channels],
+            channels,
         }
     }
 
@@ -294,7 +298,7 @@ impl LaneState {
                 let factor = (beta * (nearest - self.reference[position])).exp();
                 let sums = &self.sums;
                 posterior.merge_position(position, nearest, normaliser * factor, |c| {
-                    sums[c * positions + position]
+                    sums[position * self.channels + c]
                         .iter()
                         .map(|&s| s as f64)
                         .sum::<f64>()
@@ -307,31 +311,32 @@ impl LaneState {
         }
         self.sums.fill([0.0; LANES]);
     }
+}
 
-    /// Lowers the reference of `position` to `minimum` (below the current
-    /// one), rescaling its lanes by `exp(-beta (m - minimum))`.
-    #[cold]
-    #[inline(never)]
-    fn lower_reference(&mut self, position: usize, minimum: f64, beta: f64) {
-        let positions = self.reference.len();
-        let old = self.reference[position];
-        let factor = if old.is_finite() {
-            (-beta * (old - minimum)).exp() as f32
-        } else {
-            0.0
-        };
-        for z in &mut self.normaliser[position] {
-            *z *= factor;
-        }
-        let mut c = position;
-        while c < self.sums.len() {
-            for s in &mut self.sums[c] {
-                *s *= factor;
-            }
-            c += positions;
-        }
-        self.reference[position] = minimum;
+/// Lowers the `reference` of one position to `minimum` (below it),
+/// rescaling the position's `normaliser` and weighted `sums` by
+/// `exp(-beta (m - minimum))`.
+#[cold]
+#[inline(never)]
+fn lower_reference(
+    reference: &mut f64,
+    normaliser: &mut Lanes,
+    sums: &mut [Lanes],
+    minimum: f64,
+    beta: f64,
+) {
+    let factor = if reference.is_finite() {
+        (-beta * (*reference - minimum)).exp() as f32
+    } else {
+        0.0
+    };
+    for z in normaliser.iter_mut() {
+        *z *= factor;
     }
+    for s in sums.iter_mut().flatten() {
+        *s *= factor;
+    }
+    *reference = minimum;
 }
 
 /// Buffers of one worker.
@@ -625,10 +630,15 @@ pub(crate) mod avx2 {
                 let n = _mm256_sub_ps(shifted, round);
                 let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
                 let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-                let mut p = _mm256_set1_ps(1.0 / 720.0);
-                for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-                    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-                }
+                // Estrin's scheme, as in `exp_bounded`.
+                let r2 = _mm256_mul_ps(r, r);
+                let r4 = _mm256_mul_ps(r2, r2);
+                let low = _mm256_add_ps(r, _mm256_set1_ps(1.0));
+                let mid = _mm256_fmadd_ps(r, _mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+                let high =
+                    _mm256_fmadd_ps(r, _mm256_set1_ps(1.0 / 120.0), _mm256_set1_ps(1.0 / 24.0));
+                let high = _mm256_fmadd_ps(r2, _mm256_set1_ps(1.0 / 720.0), high);
+                let p = _mm256_fmadd_ps(r4, high, _mm256_fmadd_ps(r2, mid, low));
                 let exponent =
                     _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(round));
                 let bits =
@@ -980,7 +990,6 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     let plan = job.plan;
     let lanes = job.lanes;
     let shape = plan.shape;
-    let positions = shape.positions();
     let extended = lanes.extended_width(plan);
     let stride = plan.padded_height * extended * STRIDE;
     let row = rows.first + i;
@@ -992,14 +1001,26 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     let zero = V::Wide::splat(0.0);
     let beta = V::Wide::splat(job.beta);
     let value_start = value_start * STRIDE;
-    let values = &image[value_start..value_start + (distances.len() - 1) * STRIDE + LANES];
-    for (j, (d, penalty)) in distances.iter().zip(&block.penalty).enumerate() {
-        let position = base + j;
+    let channels = shape.channels;
+    let n = distances.len();
+    let values = &image[value_start..value_start + (n - 1) * STRIDE + LANES];
+    let LaneState {
+        reference,
+        nearest,
+        normaliser,
+        sums,
+        ..
+    } = state;
+    let per_position = distances
+        .iter()
+        .zip(&block.penalty)
+        .zip(&mut reference[base..base + n])
+        .zip(&mut nearest[base..base + n])
+        .zip(&mut normaliser[base..base + n])
+        .zip(sums[base * channels..(base + n) * channels].chunks_exact_mut(channels));
+    for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate() {
         let distance = V::Wide::load(d).max(zero).add(V::Wide::load(penalty));
-        let mut exponent = V::Wide::splat(state.reference[position])
-            .sub(distance)
-            .mul(beta)
-            .narrow();
+        let mut exponent = V::Wide::splat(*reference).sub(distance).mul(beta).narrow();
         if exponent.any_above(ABOVE_REFERENCE) {
             let mut lanes_distance = [0.0; LANES];
             distance.store(&mut lanes_distance);
@@ -1007,25 +1028,22 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
             if minimum >= NO_CANDIDATE_ABOVE {
                 continue;
             }
-            state.lower_reference(position, minimum, job.beta);
+            lower_reference(reference, z, s, minimum, job.beta);
             exponent = V::Wide::splat(minimum).sub(distance).mul(beta).narrow();
         } else if exponent.all_below(-NEGLIGIBLE) {
             continue;
         }
-        let nearest = &mut state.nearest[position];
         distance.min(V::Wide::load(nearest)).store(nearest);
         let weight = exponent.exp();
-        let z = &mut state.normaliser[position];
         V::load(z).add(weight).store(z);
-        if shape.channels == 1 {
-            let s = &mut state.sums[position];
+        if channels == 1 {
+            let s = &mut s[0];
             weight
                 .mul_add(V::load_slice(&values[j * STRIDE..]), V::load(s))
                 .store(s);
         } else {
-            for c in 0..shape.channels {
+            for (c, s) in s.iter_mut().enumerate() {
                 let values = V::load_slice(&image[c * stride + value_start + j * STRIDE..]);
-                let s = &mut state.sums[c * positions + position];
                 weight.mul_add(values, V::load(s)).store(s);
             }
         }
@@ -1047,10 +1065,14 @@ pub(crate) fn exp_bounded(x: f32) -> f32 {
     let shifted = clamped * LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // Estrin's scheme: (1 + r) + r^2 (1/2 + r/6) + r^4 (1/24 + r/120 + r^2/720),
+    // a shorter chain of dependent operations than Horner's rule.
+    let r2 = r * r;
+    let r4 = r2 * r2;
+    let low = 1.0 + r;
+    let mid = 0.5 + r * (1.0 / 6.0);
+    let high = (1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0);
+    let p = (low + r2 * mid) + r4 * high;
     let exponent = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let scale = f32::from_bits(((exponent + 127) << 23) as u32);
     let value = p * scale;
