@@ -124,6 +124,8 @@ struct ColumnBlock {
     delta: isize,
     first: usize,
     penalty: Vec<WideLanes>,
+    /// Whether every penalty is 0, so that it need not be added.
+    all_candidates: bool,
 }
 
 /// The displacement structure of a [`Plan`] regrouped for the lanes.
@@ -138,6 +140,8 @@ pub(crate) struct LanePlan {
     image_lanes: bool,
     /// Groups of eight images between folds, for image lanes.
     fold_groups: usize,
+    /// Whether each output pixel's only candidate is its own location.
+    same_location: bool,
 }
 
 /// Training sets from this size on put eight training images in the lanes
@@ -212,10 +216,12 @@ impl LanePlan {
                     }
                 }
             }
+            let all_candidates = penalty.iter().all(|lanes| lanes.iter().all(|&p| p == 0.0));
             blocks.push(ColumnBlock {
                 delta,
                 first,
                 penalty,
+                all_candidates,
             });
             start = end;
         }
@@ -237,6 +243,7 @@ impl LanePlan {
             margin,
             image_lanes,
             fold_groups: (FOLD_TERMS / most_candidates(plan)).clamp(1, FOLD_EVERY),
+            same_location,
         }
     }
 
@@ -353,8 +360,22 @@ pub(crate) struct LaneScratch {
     residual: Vec<WideLanes>,
     /// Row window sums of the last `h` rows, a ring.
     row_sums: Vec<WideLanes>,
-    /// Window distances of the current output row.
+    /// Window distances of the current output row (with cross terms:
+    /// their window sums `C`).
     distances: Vec<WideLanes>,
+    /// With cross terms: per ring slot, whether it holds row sums that are
+    /// not all zero.
+    live: Vec<bool>,
+    /// With cross terms: `Q(x)`, the squared norm of the query window of
+    /// every output position.
+    query_norms: Vec<f64>,
+    /// With cross terms: `A(y)`, the squared norm of the window of `a p`
+    /// at every candidate centre, per lane ([`NOT_A_CANDIDATE`] for an
+    /// empty lane).
+    window_norms: Vec<WideLanes>,
+    /// Row window sums of `(a p)^2` while [`LaneScratch::window_norms`] is
+    /// built.
+    norm_rows: Vec<WideLanes>,
     state: LaneState,
 }
 
@@ -374,6 +395,9 @@ pub(crate) struct LaneJob<'a> {
     pub lanes: &'a LanePlan,
     pub signal: f64,
     pub beta: f64,
+    /// Whether image lanes may expand each distance into norms and a cross
+    /// term (see [`LaneJob::uses_cross_terms`]).
+    pub cross: bool,
 }
 
 impl LaneJob<'_> {
@@ -385,15 +409,52 @@ impl LaneJob<'_> {
         plan.pad(query, &mut padded_query);
         let plane_len = plan.padded_height * extended * plan.shape.channels;
         let image_len = plane_len * self.lanes.column_stride();
+        let query: Vec<f64> = padded_query.iter().map(|&v| v as f64).collect();
+        let query_norms = if self.uses_cross_terms() {
+            query_window_norms(plan, &query)
+        } else {
+            Vec::new()
+        };
         LaneScratch {
-            query: padded_query.iter().map(|&v| v as f64).collect(),
+            query,
             padded: vec![0.0; plane_len],
             image: vec![0.0; image_len],
             scaled: vec![0.0; image_len],
             residual: Vec::new(),
             row_sums: Vec::new(),
             distances: Vec::new(),
+            live: Vec::new(),
+            query_norms,
+            window_norms: Vec::new(),
+            norm_rows: Vec::new(),
             state: LaneState::new(plan.shape.positions(), plan.shape.channels),
+        }
+    }
+
+    /// Whether the distances are expanded as
+    /// `d(x; y) = Q(x) + A(y) - 2 C(x, y)`: with image lanes, when the
+    /// caller allows it. Only the cross term `C(x, y) = sum q(z) a p(z + delta)`
+    /// then needs window sums per displacement, and only over the rows and
+    /// columns where the padded query can be non-zero.
+    pub fn uses_cross_terms(&self) -> bool {
+        self.cross
+            && self.lanes.image_lanes
+            && !self.lanes.same_location
+            && self.plan.shape.channels == 1
+    }
+
+    /// The padded-query rows and columns that can hold a non-zero value:
+    /// the image itself with zero padding, everything when periodic.
+    fn query_support(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let plan = self.plan;
+        match plan.boundary {
+            crate::equivariance::Boundary::Zero => {
+                let (up, left) = (plan.patch.up(), plan.patch.left());
+                (up..up + plan.shape.height, left..left + plan.shape.width)
+            }
+            crate::equivariance::Boundary::Periodic => {
+                (0..plan.padded_height, 0..plan.padded_width)
+            }
         }
     }
 
@@ -834,6 +895,18 @@ fn run_image_lanes<'i, V: Vector>(
 /// real and adds their candidates.
 #[inline(always)]
 fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled: usize) {
+    if job.uses_cross_terms() {
+        // `scaled = 2 a p`, so that the window sums of `q scaled` are `2 C`;
+        // empty lanes get the window norm NOT_A_CANDIDATE.
+        scratch.scale_image(2.0 * job.signal);
+        window_norms::<V>(job, scratch, filled);
+        for rows in &job.lanes.rows {
+            for block in &job.lanes.blocks {
+                cross_block::<V>(job, rows, block, scratch);
+            }
+        }
+        return;
+    }
     scratch.scale_image(job.signal);
     if filled == LANES {
         for rows in &job.lanes.rows {
@@ -855,6 +928,7 @@ fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, fi
                     delta: block.delta,
                     first: block.first,
                     penalty,
+                    all_candidates: false,
                 }
             })
             .collect();
@@ -922,26 +996,280 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
             let q = &query[query_row * pw + block.first..];
             let p = &scaled[(image_row * extended + column_start) * STRIDE..];
             let (q_plane, p_plane) = (ph * pw, ph * extended * STRIDE);
-            let mut sum = V::Wide::splat(0.0);
+            // Four partial sums, so that the first window is not one long
+            // dependency chain; then one addition per step on the chain.
+            let mut partial = [V::Wide::splat(0.0); 4];
             for (j, e_j) in residual[..width].iter_mut().enumerate() {
                 let e = residual_at::<V, STRIDE>(q, p, q_plane, p_plane, channels, j);
                 e.store(e_j);
-                sum = sum.add(e);
+                partial[j % 4] = partial[j % 4].add(e);
             }
+            let mut sum = partial[0].add(partial[1]).add(partial[2].add(partial[3]));
             enter_row_sum::<V>(sum, &mut slot[0], &mut distances[0]);
             for j in width..z_cols {
                 let e = residual_at::<V, STRIDE>(q, p, q_plane, p_plane, channels, j);
                 e.store(&mut residual[j]);
-                sum = sum.add(e).sub(V::Wide::load(&residual[j - width]));
+                sum = sum.add(e.sub(V::Wide::load(&residual[j - width])));
                 let k = j + 1 - width;
                 enter_row_sum::<V>(sum, &mut slot[k], &mut distances[k]);
             }
         }
         if i + 1 >= height && rows.valid[i + 1 - height] {
-            softmax_row::<V, STRIDE>(job, rows, block, i + 1 - height, distances, image, state);
+            softmax_row::<V, STRIDE>(
+                job,
+                rows,
+                block,
+                i + 1 - height,
+                distances,
+                None,
+                image,
+                state,
+            );
         }
     }
 }
+/// Window sums `2 C(x, x + delta)` of the cross terms `q(z) 2 a p(z + delta)`
+/// for one row displacement and one column displacement (image lanes),
+/// streamed into the softmax states row by row. Rows and columns where
+/// the padded query is zero add nothing and are skipped.
+#[inline(always)]
+fn cross_block<V: Vector>(
+    job: &LaneJob<'_>,
+    rows: &RowShift,
+    block: &ColumnBlock,
+    scratch: &mut LaneScratch,
+) {
+    let plan = job.plan;
+    let lanes = job.lanes;
+    let (ph, pw) = (plan.padded_height, plan.padded_width);
+    let extended = lanes.extended_width(plan);
+    let (height, width) = (plan.patch.height(), plan.patch.width());
+    let span_rows = rows.valid.len();
+    let span_cols = block.penalty.len();
+    let (z_rows, z_cols) = (span_rows + height - 1, span_cols + width - 1);
+    let column_start = ((lanes.margin + block.first) as isize + block.delta) as usize;
+    let (support_rows, support_cols) = job.query_support();
+    // Columns `j` of the block (padded query column `first + j`) where the
+    // query can be non-zero.
+    let from = support_cols.start.saturating_sub(block.first).min(z_cols);
+    let to = support_cols.end.saturating_sub(block.first).min(z_cols);
+
+    let LaneScratch {
+        query,
+        image,
+        scaled,
+        residual,
+        row_sums,
+        distances,
+        live,
+        query_norms,
+        window_norms,
+        state,
+        ..
+    } = scratch;
+    residual.clear();
+    residual.resize(span_cols, [0.0; LANES]);
+    row_sums.clear();
+    row_sums.resize(height * span_cols, [0.0; LANES]);
+    distances.clear();
+    distances.resize(span_cols, [0.0; LANES]);
+    live.clear();
+    live.resize(height, false);
+
+    for i in 0..z_rows {
+        let slot_index = i % height;
+        let slot = &mut row_sums[slot_index * span_cols..][..span_cols];
+        let query_row = rows.first + i;
+        let image_row = query_row as isize + rows.delta;
+        if !support_rows.contains(&query_row)
+            || image_row < 0
+            || image_row >= ph as isize
+            || from >= to
+        {
+            // The row adds nothing; the sums of row `i - h` leave.
+            if live[slot_index] {
+                for (d, leaving) in distances.iter_mut().zip(slot.iter_mut()) {
+                    V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
+                    *leaving = [0.0; LANES];
+                }
+                live[slot_index] = false;
+            }
+        } else {
+            let image_row = image_row as usize;
+            let q = &query[query_row * pw + block.first..];
+            let p = &scaled[(image_row * extended + column_start) * LANES..];
+            // The padded query is zero outside its support, so the products
+            // there are zero: each row is summed over all its columns.
+            cross_row_sums::<V>(&q[..z_cols], &p[..z_cols * LANES], width, residual);
+            for ((sum, slot), distance) in residual.iter().zip(slot).zip(distances.iter_mut()) {
+                enter_row_sum::<V>(V::Wide::load(sum), slot, distance);
+            }
+            live[slot_index] = true;
+        }
+        if i + 1 >= height && rows.valid[i + 1 - height] {
+            let norms = Norms {
+                query: query_norms,
+                windows: window_norms,
+            };
+            softmax_row::<V, LANES>(
+                job,
+                rows,
+                block,
+                i + 1 - height,
+                distances,
+                Some(norms),
+                image,
+                state,
+            );
+        }
+    }
+}
+
+/// Slides the window sums `R(k) = sum_{j < w} q(j) s_l(k + j)` of one
+/// channel along a row (`q` and the interleaved `s` both `span + w - 1`
+/// columns long) and lets each enter the window distances.
+///
+/// The first window takes four partial sums and each later step forms its
+/// change `q(k + w - 1) s(k + w - 1) - q(k - 1) s(k - 1)` off the running
+/// sum, so that the chain of dependent operations is one addition per
+/// column.
+#[inline(always)]
+fn cross_row_sums<V: Vector>(q: &[f64], s: &[f64], width: usize, row: &mut [WideLanes]) {
+    let zero = V::Wide::splat(0.0);
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    let mut q4 = q[..width].chunks_exact(4);
+    let mut s4 = s[..width * LANES].chunks_exact(4 * LANES);
+    for (q, s) in (&mut q4).zip(&mut s4) {
+        a0 = V::Wide::splat(q[0]).mul_add(V::Wide::load_slice(&s[..LANES]), a0);
+        a1 = V::Wide::splat(q[1]).mul_add(V::Wide::load_slice(&s[LANES..2 * LANES]), a1);
+        a2 = V::Wide::splat(q[2]).mul_add(V::Wide::load_slice(&s[2 * LANES..3 * LANES]), a2);
+        a3 = V::Wide::splat(q[3]).mul_add(V::Wide::load_slice(&s[3 * LANES..]), a3);
+    }
+    for (q, s) in q4
+        .remainder()
+        .iter()
+        .zip(s4.remainder().chunks_exact(LANES))
+    {
+        a0 = V::Wide::splat(*q).mul_add(V::Wide::load_slice(s), a0);
+    }
+    let mut sum = a0.add(a1).add(a2.add(a3));
+    let Some((first, rest)) = row.split_first_mut() else {
+        return;
+    };
+    sum.store(first);
+    let entering = q[width..]
+        .iter()
+        .zip(s[width * LANES..].chunks_exact(LANES));
+    let leaving = q.iter().zip(s.chunks_exact(LANES));
+    for (((q_in, s_in), (q_out, s_out)), out) in entering.zip(leaving).zip(rest) {
+        let leaving = V::Wide::splat(-*q_out).mul(V::Wide::load_slice(s_out));
+        let change = V::Wide::splat(*q_in).mul_add(V::Wide::load_slice(s_in), leaving);
+        sum = sum.add(change);
+        sum.store(out);
+    }
+}
+
+/// The squares of the eight lanes of `row` at column `j`.
+#[inline(always)]
+fn lane_squares<V: Vector>(row: &[f64], j: usize) -> V::Wide {
+    let s = V::Wide::load_slice(&row[j * LANES..]);
+    s.mul(s)
+}
+
+/// `A(y) = sum_c sum_o (a p_l(c, y + o))^2` for every candidate centre `y`
+/// and lane `l` of the interleaved `scaled = 2 a p`, by sliding sums along
+/// the rows and then down the columns; lanes from `filled` on get
+/// [`NOT_A_CANDIDATE`].
+#[inline(always)]
+fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled: usize) {
+    let plan = job.plan;
+    let shape = plan.shape;
+    let (ph, extended) = (plan.padded_height, job.lanes.extended_width(plan));
+    let margin = job.lanes.margin;
+    let (height, width) = (plan.patch.height(), plan.patch.width());
+    let LaneScratch {
+        scaled,
+        window_norms,
+        norm_rows,
+        ..
+    } = scratch;
+    norm_rows.clear();
+    norm_rows.resize(ph * shape.width, [0.0; LANES]);
+    for c in 0..shape.channels {
+        let plane = &scaled[c * ph * extended * LANES..];
+        for r in 0..ph {
+            let row = &plane[(r * extended + margin) * LANES..];
+            let mut sum = V::Wide::splat(0.0);
+            for j in 0..width - 1 {
+                sum = sum.add(lane_squares::<V>(row, j));
+            }
+            for (x, out) in norm_rows[r * shape.width..][..shape.width]
+                .iter_mut()
+                .enumerate()
+            {
+                sum = sum.add(lane_squares::<V>(row, x + width - 1));
+                V::Wide::load(out).add(sum).store(out);
+                sum = sum.sub(lane_squares::<V>(row, x));
+            }
+        }
+    }
+    window_norms.clear();
+    window_norms.resize(shape.positions(), [0.0; LANES]);
+    let quarter = V::Wide::splat(0.25);
+    for x in 0..shape.width {
+        let mut sum = V::Wide::splat(0.0);
+        for r in 0..height - 1 {
+            sum = sum.add(V::Wide::load(&norm_rows[r * shape.width + x]));
+        }
+        for r in 0..shape.height {
+            sum = sum.add(V::Wide::load(
+                &norm_rows[(r + height - 1) * shape.width + x],
+            ));
+            sum.mul(quarter)
+                .store(&mut window_norms[r * shape.width + x]);
+            sum = sum.sub(V::Wide::load(&norm_rows[r * shape.width + x]));
+        }
+    }
+    if filled < LANES {
+        for lanes in window_norms.iter_mut() {
+            lanes[filled..].fill(NOT_A_CANDIDATE);
+        }
+    }
+}
+
+/// `Q(x) = sum_c sum_o q(c, x + o)^2` for every output position `x` of
+/// the padded query, summed directly (rows, then columns).
+fn query_window_norms(plan: &Plan, query: &[f64]) -> Vec<f64> {
+    let shape = plan.shape;
+    let (ph, pw) = (plan.padded_height, plan.padded_width);
+    let (height, width) = (plan.patch.height(), plan.patch.width());
+    let mut rows = vec![0.0; ph * shape.width];
+    for plane in query.chunks_exact(ph * pw) {
+        for r in 0..ph {
+            for x in 0..shape.width {
+                rows[r * shape.width + x] += plane[r * pw + x..][..width]
+                    .iter()
+                    .map(|v| v * v)
+                    .sum::<f64>();
+            }
+        }
+    }
+    let mut norms = vec![0.0; shape.positions()];
+    for r in 0..shape.height {
+        for x in 0..shape.width {
+            norms[r * shape.width + x] = (0..height).map(|i| rows[(r + i) * shape.width + x]).sum();
+        }
+    }
+    norms
+}
+
+/// The norms that turn window sums of cross terms into distances.
+#[derive(Clone, Copy)]
+struct Norms<'a> {
+    query: &'a [f64],
+    windows: &'a [WideLanes],
+}
+
 /// Replaces the row sum in `slot` (leaving the window) by `sum`
 /// (entering it), updating the window distance `distance`.
 #[inline(always)]
@@ -975,8 +1303,11 @@ fn residual_at<V: Vector, const STRIDE: usize>(
 }
 
 /// Adds the window distances `distances` of output row `rows.first + i`
-/// to the softmax states. The exponent `x = beta (m - d)` is formed in
-/// `f64` and rounded to `f32` only when it is no longer large.
+/// to the softmax states; with `norms`, `distances` holds the window sums
+/// `2 C` of cross terms and the distance is `Q(x) + A(y) - 2 C`. The
+/// exponent `x = beta (m - d)` is formed in `f64` and rounded to `f32`
+/// only when it is no longer large.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn softmax_row<V: Vector, const STRIDE: usize>(
     job: &LaneJob<'_>,
@@ -984,6 +1315,7 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     block: &ColumnBlock,
     i: usize,
     distances: &[WideLanes],
+    norms: Option<Norms<'_>>,
     image: &[f32],
     state: &mut LaneState,
 ) {
@@ -1018,8 +1350,22 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
         .zip(&mut nearest[base..base + n])
         .zip(&mut normaliser[base..base + n])
         .zip(sums[base * channels..(base + n) * channels].chunks_exact_mut(channels));
+    let centres = ((row as isize + rows.delta) as usize * shape.width) as isize
+        + block.first as isize
+        + block.delta;
     for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate() {
-        let distance = V::Wide::load(d).max(zero).add(V::Wide::load(penalty));
+        let mut distance = match norms {
+            None => V::Wide::load(d),
+            Some(norms) => V::Wide::splat(norms.query[base + j])
+                .add(V::Wide::load(
+                    &norms.windows[(centres + j as isize) as usize],
+                ))
+                .sub(V::Wide::load(d)),
+        }
+        .max(zero);
+        if !block.all_candidates {
+            distance = distance.add(V::Wide::load(penalty));
+        }
         let mut exponent = V::Wide::splat(*reference).sub(distance).mul(beta).narrow();
         if exponent.any_above(ABOVE_REFERENCE) {
             let mut lanes_distance = [0.0; LANES];
@@ -1110,50 +1456,19 @@ mod tests {
         use crate::equivariance::{
             Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded,
         };
-        use crate::image::{Image, Shape};
-        use crate::locality::{Locality, SquarePatch};
 
         fn check(equivariance: &dyn Equivariance, channels: usize, side: usize, images: usize) {
-            // Both lane layouts: columns (few images) and images.
-            check_with(equivariance, channels, side, images, images);
-            check_with(equivariance, channels, side, images, IMAGE_LANES_FROM);
-        }
-        fn check_with(
-            equivariance: &dyn Equivariance,
-            channels: usize,
-            side: usize,
-            images: usize,
-            layout_images: usize,
-        ) {
-            let shape = Shape::new(channels, 9, 7).expect("shape");
-            let len = shape.len();
-            let value = |i: usize| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0;
-            let training: Vec<f32> = (0..images * len).map(value).collect();
-            let query: Vec<f32> = (0..len).map(|i| value(i * 31 + 5) * 1.3).collect();
-            let window = SquarePatch::new(side).expect("odd side").window(0.5);
-            let plan = Plan::new(shape, &window, equivariance).expect("plan");
-            let lanes = LanePlan::new(&plan, layout_images);
-            assert!(lanes.image_lanes || layout_images < IMAGE_LANES_FROM);
-            let job = LaneJob {
-                plan: &plan,
-                lanes: &lanes,
-                signal: 0.8,
-                beta: 0.9,
-            };
-            let run = |portable: bool| {
-                let mut posterior = PartialPosterior::new(shape, job.beta);
-                let mut scratch = job.scratch(&query);
-                let rows = training.chunks_exact(len);
-                if portable {
-                    run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);
-                } else {
-                    job.run(rows, &mut scratch, &mut posterior);
-                }
-                posterior.to_image::<f64>().expect("estimate")
-            };
-            let (portable, dispatched): (Image<f64>, Image<f64>) = (run(true), run(false));
-            for (a, b) in portable.as_slice().iter().zip(dispatched.as_slice()) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} against {b}");
+            // Both lane layouts: columns (few images) and images, the
+            // latter also with cross terms where they apply.
+            let case = Case::new(equivariance, channels, side, images);
+            for (layout_images, cross) in [
+                (images, false),
+                (IMAGE_LANES_FROM, false),
+                (IMAGE_LANES_FROM, true),
+            ] {
+                let portable = case.run(layout_images, cross, true);
+                let dispatched = case.run(layout_images, cross, false);
+                assert_close(&portable, &dispatched, 1e-5);
             }
         }
         for images in [1, 7, 8, 19, 133] {
@@ -1162,6 +1477,107 @@ mod tests {
             check(&PeriodicInterior, 1, 3, images);
             check(&PeriodicFull, 3, 3, images);
             check(&ZeroPadded, 1, 5, images);
+        }
+    }
+
+    /// Distances expanded into norms and cross terms give the same
+    /// posterior as sums of squared residuals, for both boundaries, patches
+    /// from 1x1 to larger than the image, and groups with empty lanes.
+    #[test]
+    fn cross_terms_agree_with_residuals() {
+        use crate::equivariance::{PeriodicFull, PeriodicInterior, ZeroPadded};
+        let mut checked = 0;
+        for images in [1, 8, 13, 40] {
+            for side in [1, 3, 5, 7, 9, 15] {
+                let mut cases = vec![
+                    Case::new(&PeriodicFull, 1, side, images),
+                    Case::new(&ZeroPadded, 1, side, images),
+                ];
+                // Interior centres exist for windows up to the image width.
+                if side <= 7 {
+                    cases.push(Case::new(&PeriodicInterior, 1, side, images));
+                }
+                for case in cases {
+                    let lanes = LanePlan::new(&case.plan, IMAGE_LANES_FROM);
+                    if !case.job(&lanes, true).uses_cross_terms() {
+                        // Windows wider than the image on both axes leave
+                        // bbELS with the own location only (LS).
+                        continue;
+                    }
+                    checked += 1;
+                    let residuals = case.run(IMAGE_LANES_FROM, false, false);
+                    let cross = case.run(IMAGE_LANES_FROM, true, false);
+                    assert_close(&residuals, &cross, 2e-6);
+                    let portable = case.run(IMAGE_LANES_FROM, true, true);
+                    assert_close(&residuals, &portable, 2e-6);
+                }
+            }
+        }
+        assert_eq!(checked, 4 * (4 * 3 + 2), "cases that take cross terms");
+    }
+
+    /// One query against a deterministic training set.
+    struct Case {
+        plan: Plan,
+        training: Vec<f32>,
+        query: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(
+            equivariance: &dyn crate::equivariance::Equivariance,
+            channels: usize,
+            side: usize,
+            images: usize,
+        ) -> Self {
+            use crate::image::Shape;
+            use crate::locality::{Locality, SquarePatch};
+            let shape = Shape::new(channels, 9, 7).expect("shape");
+            let len = shape.len();
+            let value = |i: usize| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0;
+            let window = SquarePatch::new(side).expect("odd side").window(0.5);
+            Case {
+                plan: Plan::new(shape, &window, equivariance).expect("plan"),
+                training: (0..images * len).map(value).collect(),
+                query: (0..len).map(|i| value(i * 31 + 5) * 1.3).collect(),
+            }
+        }
+
+        fn job<'a>(&'a self, lanes: &'a LanePlan, cross: bool) -> LaneJob<'a> {
+            LaneJob {
+                plan: &self.plan,
+                lanes,
+                signal: 0.8,
+                beta: 0.9,
+                cross,
+            }
+        }
+
+        /// The estimate with the lane layout chosen for `layout_images`
+        /// training images, on the portable or the dispatched lanes.
+        fn run(&self, layout_images: usize, cross: bool, portable: bool) -> Vec<f64> {
+            let lanes = LanePlan::new(&self.plan, layout_images);
+            assert!(lanes.image_lanes || layout_images < IMAGE_LANES_FROM);
+            let job = self.job(&lanes, cross);
+            let mut posterior = PartialPosterior::new(self.plan.shape, job.beta);
+            let mut scratch = job.scratch(&self.query);
+            let rows = self.training.chunks_exact(self.plan.shape.len());
+            if portable {
+                run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);
+            } else {
+                job.run(rows, &mut scratch, &mut posterior);
+            }
+            let image: crate::image::Image<f64> = posterior.to_image().expect("estimate");
+            image.as_slice().to_vec()
+        }
+    }
+
+    fn assert_close(a: &[f64], b: &[f64], tolerance: f64) {
+        for (a, b) in a.iter().zip(b) {
+            assert!(
+                (a - b).abs() <= tolerance * (1.0 + b.abs()),
+                "{a} against {b}"
+            );
         }
     }
 }

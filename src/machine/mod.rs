@@ -336,6 +336,22 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         let direct_only =
             beta * largest_residual(&query_ranges, ranges, signal) * steps * f64::EPSILON
                 > T::SLIDING_EXPONENT_ERROR;
+        // The f32 lanes may instead expand `d = Q + A - 2 C` (query and
+        // window norms, sliding sums of cross terms). Each part is a sum of
+        // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size
+        // carried through at most `h w (pw + ph)` rounding steps, and the
+        // final sum rounds once more: at most `eps M h w (pw + ph + 1)`.
+        let largest_cross: f64 = query_ranges
+            .iter()
+            .zip(ranges)
+            .map(|(&(q_lo, q_hi), &(p_lo, p_hi))| {
+                let q = q_lo.abs().max(q_hi.abs());
+                let p = p_lo.abs().max(p_hi.abs());
+                (q + signal.abs() * p).powi(2)
+            })
+            .sum();
+        let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
+        let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
 
         if plan.global {
             let query = x.as_slice();
@@ -355,7 +371,12 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 && largest_query <= 1e30
         });
         if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
-            return Ok(self.stream_f32(&plan, images, query, signal, beta, &rows, class));
+            let kernel = LaneKernel {
+                signal,
+                beta,
+                cross,
+            };
+            return Ok(self.stream_f32(&plan, images, query, kernel, &rows, class));
         }
         let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
         plan.pad(x.as_slice(), &mut query);
@@ -366,17 +387,16 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
     /// often repeated windows compare each distinct window once (see
     /// [`distinct`]); the others take eight candidates at a time (see
     /// [`fast`]).
-    #[allow(clippy::too_many_arguments)]
     fn stream_f32(
         &self,
         plan: &Plan,
         images: &[f32],
         query: &[f32],
-        signal: f64,
-        beta: f64,
+        kernel: LaneKernel,
         rows: &[usize],
         class: Option<usize>,
     ) -> PartialPosterior {
+        let LaneKernel { signal, beta, .. } = kernel;
         let shape = self.training.shape();
         let len = shape.len();
         let patch = &plan.patch;
@@ -431,7 +451,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 .into_iter()
                 .flatten()
                 {
-                    let part = self.stream_lanes(&rest, images, query, signal, beta, rows);
+                    let part = self.stream_lanes(&rest, images, query, kernel, rows);
                     posterior
                         .merge(&part)
                         .expect("parts of one evaluation agree");
@@ -439,7 +459,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 return posterior;
             }
         }
-        self.stream_lanes(plan, images, query, signal, beta, rows)
+        self.stream_lanes(plan, images, query, kernel, rows)
     }
 
     /// Eight candidates at a time, see [`fast`].
@@ -448,17 +468,22 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         plan: &Plan,
         images: &[f32],
         query: &[f32],
-        signal: f64,
-        beta: f64,
+        kernel: LaneKernel,
         rows: &[usize],
     ) -> PartialPosterior {
         let shape = self.training.shape();
         let lanes = fast::LanePlan::new(plan, rows.len());
+        let LaneKernel {
+            signal,
+            beta,
+            cross,
+        } = kernel;
         let job = fast::LaneJob {
             plan,
             lanes: &lanes,
             signal,
             beta,
+            cross,
         };
         let len = shape.len();
         let chunk = |rows: &[usize]| {
@@ -569,6 +594,15 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         }
         Ok(())
     }
+}
+
+/// The scalars of one evaluation that the `f32` lane kernel needs.
+#[derive(Clone, Copy)]
+struct LaneKernel {
+    signal: f64,
+    beta: f64,
+    /// Whether distances may be expanded into norms and cross terms.
+    cross: bool,
 }
 
 /// Per channel, the smallest and largest value of `x`.
