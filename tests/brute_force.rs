@@ -480,6 +480,61 @@ fn compare_outlier_case(
     compare_all(tally, label, &narrow, &x, t, &KINDS, &sides, TOLERANCE_F32);
 }
 
+/// Pixel values far from zero (raw intensities near 230) are where
+/// expanding `d = Q + A - 2C` cancels most. Training images that differ
+/// from one shared image by at most 0.01 keep the softmax spread over many
+/// of them at small `t`, where each evaluation moves from the expansion to
+/// sums of squared residuals and then to direct sums as the rounding bounds
+/// of the first two pass their limit (near `t = 0.014` and `t = 0.007` for
+/// `k = 7` here). Across those limits every machine agrees with the
+/// reference on the deviations from the shared offset (worst 1.7e-5, the
+/// `f32` rounding of outputs near 230); an expansion accumulated in `f32`
+/// fails here by 1e-3 to 5e-3.
+#[test]
+fn offset_pixels_agree_across_the_rounding_limits() {
+    const OFFSET: f64 = 230.0;
+    let mut tally = Tally::default();
+    let case = random_case(1, 10, 12, 40, 15);
+    let len = case.shape.len();
+    let shared: Vec<f64> = case.sources[1].iter().map(|v| OFFSET + 20.0 * v).collect();
+    // Values that `f32` holds exactly, so that the machines over `f32`
+    // differ from the reference by their arithmetic alone.
+    let exact = |v: f64| v as f32 as f64;
+    let training: Vec<f64> = case
+        .training
+        .iter()
+        .enumerate()
+        .map(|(i, v)| exact(shared[i % len] + 0.01 * v))
+        .collect();
+    let deviation = |values: &[f64]| -> Vec<f64> { values.iter().map(|v| v - OFFSET).collect() };
+    for (i, t) in [0.005, 0.01, 0.02, 0.1].into_iter().enumerate() {
+        let query: Vec<f64> = noised(&training[7 * len..8 * len], t, 800 + i as u64)
+            .into_iter()
+            .map(exact)
+            .collect();
+        let wide = TrainingSet::new(case.shape, training.clone(), None).unwrap();
+        let narrow = TrainingSet::new(case.shape, narrowed::<f32>(&training), None).unwrap();
+        let x_wide = Image::from_vec(case.shape, query.clone()).unwrap();
+        let x_narrow = Image::from_vec(case.shape, narrowed::<f32>(&query)).unwrap();
+        let problem = Problem::new(&wide, &x_wide, &LegacyCosine, t);
+        for kind in [Ls, Els, ElsPeriodic, BbEls] {
+            for side in [3, 7] {
+                let case = format!("{} offset pixels t={t} k={side}", kind.name());
+                let want = reference_output(kind, &problem, side, Rule::Softmax)
+                    .expect("candidates")
+                    .x0_hat;
+                let wide = machine_x0_hat(kind, &wide, side, &x_wide, t, None).unwrap();
+                let narrow = machine_x0_hat(kind, &narrow, side, &x_narrow, t, None).unwrap();
+                let want = deviation(&want);
+                let group = format!("{} offset", kind.name());
+                tally.compare(&group, &case, &deviation(&wide), &want, TOLERANCE_F64);
+                tally.compare(&group, &case, &deviation(&narrow), &want, TOLERANCE_F32);
+            }
+        }
+    }
+    tally.finish("offset pixels across the rounding limits");
+}
+
 /// With many training images the `f32` kernel puts eight of them in its
 /// vector lanes and folds its sums every few groups; on 600 MNIST digits
 /// it agrees with the `f64` kernel (itself checked against the reference
