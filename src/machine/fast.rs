@@ -15,7 +15,16 @@
 //! ```
 //!
 //! and feeds each finished row of window distances `D` straight into the
-//! softmax. The cost per residual does not depend on the patch side, and
+//! softmax. On one-channel images with image lanes (except for a single
+//! displacement) the distances are expanded instead, where their rounding
+//! allows it (see [`LaneJob::uses_cross_terms`]):
+//!
+//! ```text
+//! d(x; y) = Q(x) + A(y) - 2 C(x, y)      Q, A: squared window norms of q and a p
+//! C(x, y) = sum_o q(x + o) a p(y + o)    slid like E above, over rows where q can be non-zero
+//! ```
+//!
+//! The cost per residual does not depend on the patch side, and
 //! the buffers are one row of residuals, a ring of `h` rows of row sums
 //! and one row of distances (tens of kilobytes at most). Residuals, window sums
 //! and the reference distance are `f64`, so that the softmax exponent
