@@ -1039,8 +1039,10 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
 }
 /// Window sums `2 C(x, x + delta)` of the cross terms `q(z) 2 a p(z + delta)`
 /// for one row displacement and one column displacement (image lanes),
-/// streamed into the softmax states row by row. Rows and columns where
-/// the padded query is zero add nothing and are skipped.
+/// streamed into the softmax states row by row. Rows where the padded
+/// query is zero (and blocks whose columns all lie where it is zero) add
+/// nothing and are skipped; within a row, the query's zero padding makes
+/// the products outside the image zero.
 #[inline(always)]
 fn cross_block<V: Vector>(
     job: &LaneJob<'_>,
