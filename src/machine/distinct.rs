@@ -25,7 +25,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::fast::{ABOVE_REFERENCE, LANES, Lanes, NEGLIGIBLE, Portable, Vector, Wide, WideLanes};
+use super::fast::{
+    ABOVE_REFERENCE_LOG2, LANES, Lanes, NEGLIGIBLE_LOG2, Portable, Vector, Wide, WideLanes,
+};
 use super::plan::{AxisPlan, Plan};
 use super::posterior::PartialPosterior;
 
@@ -501,7 +503,8 @@ fn run_with<V: Vector>(
     let patches = job.patches;
     let (len, channels) = (patches.len, patches.channels);
     let mut scaled = vec![0.0f64; TILE_BLOCKS * len * LANES];
-    let beta = V::Wide::splat(job.beta);
+    // Exponents in base 2: exp(beta (m - d)) = 2^(beta log2(e) (m - d)).
+    let beta = V::Wide::splat(job.beta * std::f64::consts::LOG2_E);
     let mut sums = vec![[0.0f32; LANES]; channels];
     let mut start = blocks.start;
     while start < blocks.end {
@@ -527,7 +530,7 @@ fn run_with<V: Vector>(
                     distance = r.mul_add(r, distance);
                 }
                 let mut exponent = V::Wide::splat(reference).sub(distance).mul(beta).narrow();
-                if exponent.any_above(ABOVE_REFERENCE) {
+                if exponent.any_above(ABOVE_REFERENCE_LOG2) {
                     let mut lanes: WideLanes = [0.0; LANES];
                     distance.store(&mut lanes);
                     let minimum = lanes.iter().copied().fold(f64::INFINITY, f64::min);
@@ -544,11 +547,11 @@ fn run_with<V: Vector>(
                     }
                     reference = minimum;
                     exponent = V::Wide::splat(minimum).sub(distance).mul(beta).narrow();
-                } else if exponent.all_below(-NEGLIGIBLE) {
+                } else if exponent.all_below(-NEGLIGIBLE_LOG2) {
                     continue;
                 }
                 nearest = nearest.min(distance);
-                let weight = exponent.exp();
+                let weight = exponent.exp2();
                 let b = start + block;
                 let multiplicity: &Lanes = patches.multiplicity[b * LANES..][..LANES]
                     .try_into()
