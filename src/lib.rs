@@ -79,8 +79,8 @@ pub use error::{Error, Result};
 pub struct ReadmeDoctests;
 pub use image::{Image, Shape};
 pub use machine::{
-    EquivariantLocalScore, EquivariantScore, IdealScore, LocalScore, Machine, PartialPosterior,
-    ZeroPaddedEquivariantLocalScore,
+    EquivariantLocalScore, EquivariantScore, IdealScore, LocalScore, Machine, Mosaic,
+    PartialPosterior, Tile, ZeroPaddedEquivariantLocalScore,
 };
 pub use real::Real;
 pub use score::{ClosureScore, Prediction, ScoreFunction};
@@ -103,7 +103,7 @@ pub mod prelude {
         Cosine, Exponential, LegacyCosine, LinearBeta, NoiseSchedule, VarianceExploding,
     };
     pub use crate::{
-        ClosureScore, Error, Image, Machine, PartialPosterior, Prediction, Real, ScoreFunction,
-        Shape, TrainingSet,
+        ClosureScore, Error, Image, Machine, Mosaic, PartialPosterior, Prediction, Real,
+        ScoreFunction, Shape, TrainingSet,
     };
 }

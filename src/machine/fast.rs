@@ -1641,7 +1641,7 @@ mod tests {
             0.0,
             0.5,
         ]);
-        while inputs.len() % LANES != 0 {
+        while !inputs.len().is_multiple_of(LANES) {
             inputs.push(0.25);
         }
         let scalar: Vec<f32> = inputs.iter().map(|&x| exp2_bounded(x)).collect();

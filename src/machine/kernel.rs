@@ -29,15 +29,44 @@ pub(crate) struct Scratch {
     pub distances: Vec<f64>,
 }
 
-/// Adds every candidate of one padded training image to `posterior`;
-/// with `direct_only` every distance is summed directly, never slid.
+/// What receives the candidates of one training image.
+pub(crate) trait CandidateSink {
+    /// The candidate centred at `centre = (row, col)` of the image, for
+    /// output position `position = row * W + col`, at squared distance
+    /// `distance`; its value in channel `c` is `values[c * stride]`.
+    fn add(
+        &mut self,
+        position: usize,
+        distance: f64,
+        centre: (usize, usize),
+        values: &[f64],
+        stride: usize,
+    );
+}
+
+impl CandidateSink for PartialPosterior {
+    #[inline]
+    fn add(
+        &mut self,
+        position: usize,
+        distance: f64,
+        _centre: (usize, usize),
+        values: &[f64],
+        stride: usize,
+    ) {
+        PartialPosterior::add(self, position, distance, values, stride);
+    }
+}
+
+/// Adds every candidate of one padded training image to `sink`; with
+/// `direct_only` every distance is summed directly, never slid.
 pub(crate) fn accumulate(
     plan: &Plan,
     query: &[f64],
     image: &[f64],
     signal: f64,
     direct_only: bool,
-    posterior: &mut PartialPosterior,
+    sink: &mut impl CandidateSink,
     scratch: &mut Scratch,
 ) {
     for rows in &plan.rows.shifts {
@@ -47,9 +76,9 @@ pub(crate) fn accumulate(
             let direct_cost = pairs * height * width;
             let sliding_cost = 3 * (rows.span() + height - 1) * (cols.span() + width - 1);
             if direct_only || !plan.patch.is_uniform() || direct_cost <= sliding_cost {
-                direct(plan, query, image, signal, rows, cols, posterior);
+                direct(plan, query, image, signal, rows, cols, sink);
             } else {
-                sliding(plan, query, image, signal, rows, cols, posterior, scratch);
+                sliding(plan, query, image, signal, rows, cols, sink, scratch);
             }
         }
     }
@@ -69,7 +98,7 @@ fn direct(
     signal: f64,
     rows: &Shift,
     cols: &Shift,
-    posterior: &mut PartialPosterior,
+    sink: &mut impl CandidateSink,
 ) {
     let (pw, stride) = (plan.padded_width, plan.padded_height * plan.padded_width);
     let (height, width) = (plan.patch.height(), plan.patch.width());
@@ -101,7 +130,13 @@ fn direct(
                 }
             }
             let offset = centre_offset(plan, yr, yc);
-            posterior.add(xr * shape.width + xc, distance, &image[offset..], stride);
+            sink.add(
+                xr * shape.width + xc,
+                distance,
+                (yr, yc),
+                &image[offset..],
+                stride,
+            );
         }
     }
 }
@@ -114,7 +149,7 @@ fn sliding(
     signal: f64,
     rows: &Shift,
     cols: &Shift,
-    posterior: &mut PartialPosterior,
+    sink: &mut impl CandidateSink,
     scratch: &mut Scratch,
 ) {
     let (ph, pw) = (plan.padded_height, plan.padded_width);
@@ -194,9 +229,10 @@ fn sliding(
         for &xc in &cols.queries {
             let yc = (xc as isize + cols.delta) as usize;
             let offset = centre_offset(plan, yr, yc);
-            posterior.add(
+            sink.add(
                 xr * plan.shape.width + xc,
                 line[xc - col0].max(0.0),
+                (yr, yc),
                 &image[offset..],
                 stride,
             );

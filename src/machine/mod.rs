@@ -4,12 +4,14 @@
 mod distinct;
 mod fast;
 mod kernel;
+mod mosaic;
 mod plan;
 mod posterior;
 mod whole;
 
 use std::collections::BTreeMap;
 
+pub use mosaic::{Mosaic, Tile};
 pub use posterior::PartialPosterior;
 
 use crate::equivariance::{Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded};
@@ -279,6 +281,124 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         t: f64,
         class: Option<usize>,
     ) -> Result<PartialPosterior> {
+        let Setup {
+            signal,
+            beta,
+            rows,
+            plan,
+            ranges,
+            query_ranges,
+            largest_training,
+            largest_query,
+            direct_only,
+        } = self.setup(x, t, class)?;
+        let shape = self.training.shape();
+        let (height, width) = (plan.patch.height() as f64, plan.patch.width() as f64);
+        // The f32 lanes may instead expand `d = Q + A - 2 C` (query and
+        // window norms, sliding sums of cross terms). Each part is a sum of
+        // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size
+        // carried through at most `h w (pw + ph)` rounding steps, and the
+        // final sum rounds once more: at most `eps M h w (pw + ph + 1)`.
+        let largest_cross: f64 = query_ranges
+            .iter()
+            .zip(ranges)
+            .map(|(&(q_lo, q_hi), &(p_lo, p_hi))| {
+                let q = q_lo.abs().max(q_hi.abs());
+                let p = p_lo.abs().max(p_hi.abs());
+                (q + signal.abs() * p).powi(2)
+            })
+            .sum();
+        let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
+        let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
+
+        if plan.global {
+            let query = x.as_slice();
+            return Ok(self.reduce(&rows, 256, beta, |rows| {
+                whole::whole_image(&self.training, rows, query, signal, beta)
+            }));
+        }
+        // The f32 lanes hold sums of up to `16 (2 H - 1)` weights of at most
+        // e^8 times training values: with values up to 1e20 they stay far
+        // from the f32 range for any image size. Keep beta where its f32
+        // form and the skipping bound of the lane kernel hold.
+        let fast = T::as_f32(self.training.as_slice()).filter(|_| {
+            !direct_only
+                && plan.patch.is_uniform()
+                && (1e-30..=1e30).contains(&beta)
+                && largest_training <= 1e20
+                && largest_query <= 1e30
+        });
+        if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
+            let kernel = LaneKernel {
+                signal,
+                beta,
+                cross,
+            };
+            return Ok(self.stream_f32(&plan, images, query, kernel, &rows, class));
+        }
+        let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
+        plan.pad(x.as_slice(), &mut query);
+        Ok(self.stream(&plan, &query, signal, beta, direct_only, &rows))
+    }
+
+    /// Explains `x` at time `t` as a mosaic of training patches: for every
+    /// output pixel, its nearest candidate patch `(mu, y)` (the one of
+    /// largest softmax weight), the squared distance and that weight.
+    ///
+    /// Distances are computed in `f64` whatever `T` is, over every
+    /// candidate, so this costs about as much as one evaluation of an
+    /// `f64` machine (several times an `f32` evaluation). Nearest
+    /// candidates at equal distances go to the lowest image index, then the
+    /// lowest centre. At `t = 0` the weights are `1 / m` for `m` tied
+    /// candidates, and without ties [`Mosaic::to_image`] is the machine's
+    /// prediction; to explain a generated image, pass it with `t = 0` (or
+    /// the last time its sampler evaluated).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use score_machines::prelude::*;
+    ///
+    /// let shape = Shape::new(1, 8, 8)?;
+    /// let pixels: Vec<f32> = (0..5 * 64).map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0).collect();
+    /// let training = TrainingSet::new(shape, pixels, None)?;
+    /// let bbels = Machine::equivariant_local_zero_padded(training, LegacyCosine, SquarePatch::new(3)?)?;
+    /// let noisy = Image::from_vec(shape, vec![0.1_f32; 64])?;
+    /// let mosaic = bbels.mosaic(&noisy, 0.3, None)?;
+    /// for tile in mosaic.tiles() {
+    ///     assert!(tile.image < 5 && tile.weight > 0.0 && tile.weight <= 1.0);
+    /// }
+    /// # Ok::<(), score_machines::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::posterior`].
+    pub fn mosaic(&self, x: &Image<T>, t: f64, class: Option<usize>) -> Result<Mosaic> {
+        let Setup {
+            signal,
+            beta,
+            rows,
+            plan,
+            direct_only,
+            ..
+        } = self.setup(x, t, class)?;
+        let shape = self.training.shape();
+        let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
+        plan.pad(x.as_slice(), &mut query);
+        Ok(mosaic::mosaic(
+            &self.training,
+            &rows,
+            &plan,
+            &query,
+            signal,
+            beta,
+            direct_only,
+        ))
+    }
+
+    /// Validates one evaluation at `t` and works out what it needs.
+    fn setup(&self, x: &Image<T>, t: f64, class: Option<usize>) -> Result<Setup<'_>> {
         let shape = self.training.shape();
         if x.shape() != shape {
             return Err(Error::shape("query image shape", shape, x.shape()));
@@ -336,51 +456,17 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         let direct_only =
             beta * largest_residual(&query_ranges, ranges, signal) * steps * f64::EPSILON
                 > T::SLIDING_EXPONENT_ERROR;
-        // The f32 lanes may instead expand `d = Q + A - 2 C` (query and
-        // window norms, sliding sums of cross terms). Each part is a sum of
-        // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size
-        // carried through at most `h w (pw + ph)` rounding steps, and the
-        // final sum rounds once more: at most `eps M h w (pw + ph + 1)`.
-        let largest_cross: f64 = query_ranges
-            .iter()
-            .zip(ranges)
-            .map(|(&(q_lo, q_hi), &(p_lo, p_hi))| {
-                let q = q_lo.abs().max(q_hi.abs());
-                let p = p_lo.abs().max(p_hi.abs());
-                (q + signal.abs() * p).powi(2)
-            })
-            .sum();
-        let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
-        let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
-
-        if plan.global {
-            let query = x.as_slice();
-            return Ok(self.reduce(&rows, 256, beta, |rows| {
-                whole::whole_image(&self.training, rows, query, signal, beta)
-            }));
-        }
-        // The f32 lanes hold sums of up to `16 (2 H - 1)` weights of at most
-        // e^8 times training values: with values up to 1e20 they stay far
-        // from the f32 range for any image size. Keep beta where its f32
-        // form and the skipping bound of the lane kernel hold.
-        let fast = T::as_f32(self.training.as_slice()).filter(|_| {
-            !direct_only
-                && plan.patch.is_uniform()
-                && (1e-30..=1e30).contains(&beta)
-                && largest_training <= 1e20
-                && largest_query <= 1e30
-        });
-        if let (Some(images), Some(query)) = (fast, T::as_f32(x.as_slice())) {
-            let kernel = LaneKernel {
-                signal,
-                beta,
-                cross,
-            };
-            return Ok(self.stream_f32(&plan, images, query, kernel, &rows, class));
-        }
-        let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
-        plan.pad(x.as_slice(), &mut query);
-        Ok(self.stream(&plan, &query, signal, beta, direct_only, &rows))
+        Ok(Setup {
+            signal,
+            beta,
+            rows,
+            plan,
+            ranges,
+            query_ranges,
+            largest_training,
+            largest_query,
+            direct_only,
+        })
     }
 
     /// The `f32` path. Output pixels that share a candidate set of small,
@@ -594,6 +680,23 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         }
         Ok(())
     }
+}
+
+/// One validated evaluation: its scalars, training rows and plan, and the
+/// bounds that choose its kernel.
+struct Setup<'a> {
+    signal: f64,
+    beta: f64,
+    rows: Vec<usize>,
+    plan: Plan,
+    /// Per channel, the range of the training values the evaluation uses.
+    ranges: &'a [(f64, f64)],
+    /// Per channel, the range of the query.
+    query_ranges: Vec<(f64, f64)>,
+    largest_training: f64,
+    largest_query: f64,
+    /// Whether sliding sums could round past the exponent bound.
+    direct_only: bool,
 }
 
 /// The scalars of one evaluation that the `f32` lane kernel needs.

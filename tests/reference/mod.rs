@@ -522,3 +522,59 @@ pub fn data_file(relative: &str) -> Option<PathBuf> {
     println!("skipped: {reason}");
     None
 }
+
+/// Which candidates a patch machine compares, for [`all_candidates`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidates {
+    /// LS: the same location, both windows zero-padded.
+    SameLocation,
+    /// ELS: windows wholly inside a training image, the query wrapping.
+    Interior,
+    /// Fully periodic ELS.
+    Periodic,
+    /// bbELS.
+    ZeroPadded,
+}
+
+/// One candidate of an output pixel: training image, centre, distance.
+pub type Candidate = (usize, (usize, usize), f64);
+
+/// Per output pixel (row by row), every candidate of the machine `which`
+/// with `side x side` windows, found by brute force.
+pub fn all_candidates(problem: &Problem, side: usize, which: Candidates) -> Vec<Vec<Candidate>> {
+    let r = side / 2;
+    let Shape { height, width, .. } = problem.shape;
+    let (query_reading, candidate_reading) = match which {
+        Candidates::SameLocation | Candidates::ZeroPadded => {
+            (Reading::ZeroPadded, Reading::ZeroPadded)
+        }
+        Candidates::Interior => (Reading::Wrapped, Reading::Inside),
+        Candidates::Periodic => (Reading::Wrapped, Reading::Wrapped),
+    };
+    let (query, training) = frame_all(problem, side, query_reading, candidate_reading);
+    let axis = |x: usize, len: usize| -> Vec<usize> {
+        match which {
+            Candidates::SameLocation => vec![x],
+            Candidates::Interior => (0..len).filter(|&y| r <= y && y + r < len).collect(),
+            Candidates::Periodic => (0..len).collect(),
+            Candidates::ZeroPadded => zero_padded_axis(x, len, r),
+        }
+    };
+    let mut lists = Vec::with_capacity(height * width);
+    for row in 0..height {
+        for col in 0..width {
+            let mut list = Vec::new();
+            for (mu, image) in training.iter().enumerate() {
+                for &y_row in &axis(row, height) {
+                    for &y_col in &axis(col, width) {
+                        let y = (y_row, y_col);
+                        let d = patch_distance(side, problem.signal, &query, (row, col), image, y);
+                        list.push((mu, y, d));
+                    }
+                }
+            }
+            lists.push(list);
+        }
+    }
+    lists
+}
