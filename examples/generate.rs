@@ -28,6 +28,9 @@ use score_machines::io::idx;
 use score_machines::io::png::{GridOptions, MAX_GRID_BYTES, MAX_GRID_SIDE, write_grid};
 use score_machines::prelude::*;
 use score_machines::sampler::{Method, Sampler, StepRecord, initial_noise};
+use score_machines::{
+    EquivariantLocalScore, IdealScore, LocalScore, ZeroPaddedEquivariantLocalScore,
+};
 
 const USAGE: &str = "\
 usage: generate [options]
@@ -51,6 +54,9 @@ usage: generate [options]
                      (default 0.1)
   --out FILE.png     output grid (default generated.png); its folder must
                      exist
+  --explain          explain each sample as a mosaic of training patches:
+                     the training images its pixels' nearest patches come
+                     from (at t = 0, with the machine's patch there)
   --help             this text
 
 Every error prints one line `error: ...` and exits with status 2.";
@@ -89,6 +95,36 @@ struct Options {
     class: Option<usize>,
     copy_below: f64,
     out: PathBuf,
+    explain: bool,
+}
+
+/// The machine, kept by kind so that its samples can be explained.
+enum Generator {
+    Ideal(IdealScore<f32, LegacyCosine>),
+    Local(LocalScore<f32, LegacyCosine, ScaleSchedule>),
+    Els(EquivariantLocalScore<f32, LegacyCosine, ScaleSchedule>),
+    BbEls(ZeroPaddedEquivariantLocalScore<f32, LegacyCosine, ScaleSchedule>),
+}
+
+impl Generator {
+    fn score(&self) -> &dyn ScoreFunction<f32> {
+        match self {
+            Generator::Ideal(m) => m,
+            Generator::Local(m) => m,
+            Generator::Els(m) => m,
+            Generator::BbEls(m) => m,
+        }
+    }
+
+    /// `x` explained as a mosaic of training patches at `t = 0`.
+    fn mosaic(&self, x: &Image<f32>, class: Option<usize>) -> Result<Mosaic, Error> {
+        match self {
+            Generator::Ideal(m) => m.mosaic(x, 0.0, class),
+            Generator::Local(m) => m.mosaic(x, 0.0, class),
+            Generator::Els(m) => m.mosaic(x, 0.0, class),
+            Generator::BbEls(m) => m.mosaic(x, 0.0, class),
+        }
+    }
 }
 
 fn parse_rows(text: &str) -> Result<Range<usize>, String> {
@@ -144,12 +180,17 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
         class: None,
         copy_below: 0.1,
         out: PathBuf::from("generated.png"),
+        explain: false,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let flag = utf8("option", flag)?;
         if flag == "--help" || flag == "-h" {
             return Ok(None);
+        }
+        if flag == "--explain" {
+            options.explain = true;
+            continue;
         }
         if !OPTIONS.contains(&flag) {
             return Err(format!("unknown option {flag} (see --help)"));
@@ -308,23 +349,24 @@ fn run(options: Options) -> Result<(), String> {
     let method = sampler_method(&options.sampler, options.seed)?;
     let sampler = Sampler::new(method, options.steps).map_err(|e| e.to_string())?;
 
-    let score: Box<dyn ScoreFunction<f32>> = match options.machine.as_str() {
-        "is" => {
-            Box::new(Machine::ideal(training.clone(), LegacyCosine).map_err(|e| e.to_string())?)
-        }
-        "ls" => Box::new(
+    let generator = match options.machine.as_str() {
+        "is" => Generator::Ideal(
+            Machine::ideal(training.clone(), LegacyCosine).map_err(|e| e.to_string())?,
+        ),
+        "ls" => Generator::Local(
             Machine::local(training.clone(), LegacyCosine, locality).map_err(|e| e.to_string())?,
         ),
-        "els" => Box::new(
+        "els" => Generator::Els(
             Machine::equivariant_local(training.clone(), LegacyCosine, locality)
                 .map_err(|e| e.to_string())?,
         ),
-        "bbels" => Box::new(
+        "bbels" => Generator::BbEls(
             Machine::equivariant_local_zero_padded(training.clone(), LegacyCosine, locality)
                 .map_err(|e| e.to_string())?,
         ),
         other => return Err(format!("unknown machine {other:?} (is, ls, els or bbels)")),
     };
+    let score = generator.score();
 
     let source = match &options.mnist {
         Some(dir) => format!(
@@ -373,7 +415,7 @@ fn run(options: Options) -> Result<(), String> {
         };
         let mut tick = |_: &StepRecord<'_, f32>| bar.inc(1);
         let sample = sampler
-            .sample(score.as_ref(), noise, options.class, &mut tick)
+            .sample(score, noise, options.class, &mut tick)
             .map_err(|e| e.to_string())?;
         samples.push(sample);
     }
@@ -405,6 +447,39 @@ fn run(options: Options) -> Result<(), String> {
         options.copy_below,
         samples.len() - copies
     );
+
+    if options.explain {
+        let started = Instant::now();
+        say!("sample  unique tiles  from images  largest share: image (pixels)");
+        for (index, sample) in samples.iter().enumerate() {
+            let mosaic = generator
+                .mosaic(sample, options.class)
+                .map_err(|e| e.to_string())?;
+            // At t = 0 a tile of weight 1 is the pixel's only nearest patch;
+            // the others tie (blank windows, say) with patches of other
+            // images, and go to the lowest image index.
+            let mut counts = std::collections::BTreeMap::new();
+            for tile in mosaic.tiles().iter().filter(|tile| tile.weight == 1.0) {
+                *counts.entry(tile.image).or_insert(0usize) += 1;
+            }
+            let unique: usize = counts.values().sum();
+            let largest = counts
+                .iter()
+                .max_by_key(|&(image, pixels)| (*pixels, std::cmp::Reverse(*image)))
+                .map_or("-".to_string(), |(image, pixels)| {
+                    format!("{image} ({pixels})")
+                });
+            say!(
+                "{index:>6}  {:>12}  {:>11}  {largest:>30}",
+                format!("{unique} of {}", shape.positions()),
+                counts.len(),
+            );
+        }
+        say!(
+            "explained in {:.1} s (a copy of one training image takes all its unique tiles from it)",
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     write_grid(&options.out, &grid, &grid_options).map_err(|e| e.to_string())?;
     say!(
