@@ -42,7 +42,10 @@ usage: generate [options]
   --rows A..B        training rows of the IDX files (default 0..5000)
   --machine M        is | ls | els | bbels (default bbels: ELS with
                      zero-padded windows)
-  --scales K,K,...   one odd patch side per step, low noise first
+  --scales K,K,...   one odd patch side per step, low noise first (default:
+                     for images of side 24 or more the schedule published
+                     for an MNIST ResNet, 3 to 15; else 3 to 7; stretched
+                     to the number of steps)
   --k K              one patch side for every step (instead of --scales)
   --steps N          sampler steps, 1 to 100000 (default 20)
   --sampler S        ddim | ddpm | euler | heun (default ddim)
@@ -378,15 +381,15 @@ fn run(options: Options) -> Result<(), String> {
         None => "embedded UCI digits".to_string(),
     };
     say!(
-        "{} training images {shape} from {source}; machine {}, {} {} steps, scales {:?}",
+        "{} training images {shape} from {source}; machine {}, {} {} steps, {}",
         training.len(),
         options.machine,
         options.steps,
         options.sampler,
         if options.machine == "is" {
-            Vec::new()
+            "whole-image distances".to_string()
         } else {
-            scales
+            format!("scales {scales:?}")
         },
     );
 

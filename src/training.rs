@@ -140,7 +140,20 @@ impl<T: Real> TrainingSet<T> {
         self.select(&rows)
     }
 
-    /// The images at the given row indices, in that order.
+    /// The images at the given row indices, in that order (labels kept).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use score_machines::prelude::*;
+    ///
+    /// let shape = Shape::new(1, 2, 2)?;
+    /// let set = TrainingSet::new(shape, (0..12).map(f64::from).collect(), None)?;
+    /// let shard = set.select(&[2, 0])?;
+    /// assert_eq!(shard.image(0), set.image(2));
+    /// assert!(set.select(&[3]).is_err());
+    /// # Ok::<(), score_machines::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -210,8 +223,20 @@ impl<T: Real> TrainingSet<T> {
         })
     }
 
-    /// Index and squared L2 distance of the training image nearest to
-    /// `image`.
+    /// Index and *squared* L2 distance of the training image nearest to
+    /// `image` (the first of equally near ones).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use score_machines::prelude::*;
+    ///
+    /// let shape = Shape::new(1, 1, 2)?;
+    /// let set = TrainingSet::new(shape, vec![0.0, 0.0, 1.0, 1.0], None)?;
+    /// let (row, squared) = set.nearest(&Image::from_vec(shape, vec![1.0, 3.0])?)?;
+    /// assert_eq!((row, squared), (1, 4.0)); // distance 2
+    /// # Ok::<(), score_machines::Error>(())
+    /// ```
     ///
     /// # Errors
     ///

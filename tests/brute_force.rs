@@ -747,3 +747,42 @@ fn extreme_pixel_scales_agree_with_reference() {
     }
     tally.finish("extreme pixel scales");
 }
+
+/// The `f32` kernels (image lanes, repeated windows) on two shards of 200
+/// MNIST digits, merged, give the whole set's prediction to `1e-5`: the
+/// merge is exact, but the shards group their `f32` lane sums differently
+/// (measured: `1.3e-6`).
+#[test]
+fn merged_f32_shards_of_mnist_equal_the_whole_set() {
+    let Some(path) = reference::data_file("mnist/t10k-images-idx3-ubyte.gz") else {
+        return;
+    };
+    let (rows, cols, digits) = reference::idx::read_images(&path, 201);
+    let shape = Shape::new(1, rows, cols).unwrap();
+    let pixels: Vec<f64> = digits[..200].concat();
+    let whole = TrainingSet::new(shape, narrowed::<f32>(&pixels), None).unwrap();
+    let first = whole.select(&(0..90).collect::<Vec<_>>()).unwrap();
+    let rest = whole.select(&(90..200).collect::<Vec<_>>()).unwrap();
+    let mut tally = Tally::default();
+    for (i, &t) in [0.2, 0.5, 0.8].iter().enumerate() {
+        let x = Image::from_vec(shape, narrowed(&noised(&digits[200], t, 500 + i as u64))).unwrap();
+        for kind in [
+            Kind::Local,
+            Kind::EquivariantLocal,
+            Kind::EquivariantLocalZeroPadded,
+        ] {
+            for side in [3, 7, 15] {
+                let case = format!("{} t={t} k={side}", kind.name());
+                let mut merged =
+                    with_machine!(kind, first.clone(), side, |m| m.posterior(&x, t, None)).unwrap();
+                let second =
+                    with_machine!(kind, rest.clone(), side, |m| m.posterior(&x, t, None)).unwrap();
+                merged.merge(&second).unwrap();
+                let merged: Image<f64> = merged.to_image().unwrap();
+                let single = machine_x0_hat(kind, &whole, side, &x, t, None).unwrap();
+                tally.compare(kind.name(), &case, merged.as_slice(), &single, 1e-5);
+            }
+        }
+    }
+    tally.finish("merged f32 shards of MNIST");
+}

@@ -173,3 +173,22 @@ fn f32_outputs_stay_within_the_training_range() {
     let out = machine.x0_hat(&x, 0.5, None).unwrap();
     assert!(out.as_slice().iter().all(|&v| v == -0.7_f32));
 }
+
+/// A partial posterior made with a NaN or negative inverse temperature
+/// merges with none, not even with itself.
+#[test]
+fn partial_posteriors_with_nan_beta_do_not_merge() {
+    let shape = Shape::new(1, 2, 2).unwrap();
+    for beta in [f64::NAN, -1.0] {
+        let mut part = PartialPosterior::new(shape, beta);
+        let other = PartialPosterior::new(shape, beta);
+        assert!(matches!(
+            part.merge(&other),
+            Err(Error::InvalidParameter(_))
+        ));
+        let mut fine = PartialPosterior::new(shape, 1.0);
+        assert!(fine.merge(&other).is_err());
+    }
+    let mut zero = PartialPosterior::new(shape, 0.0);
+    assert!(zero.merge(&PartialPosterior::new(shape, 0.0)).is_ok());
+}

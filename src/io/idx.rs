@@ -166,7 +166,20 @@ pub fn read_mnist_dir<T: Real>(dir: impl AsRef<Path>, split: Split) -> Result<Tr
 /// - [`Error::EmptyTrainingSet`] if `rows` is empty;
 /// - [`Error::InvalidParameter`] if `rows` reaches past the last image;
 /// - as [`read_mnist_dir`] otherwise; [`Error::Io`] if the folder has
-///   neither image file.
+///   neither image file (or is a file).
+///
+/// # Example
+///
+/// ```no_run
+/// use score_machines::io::idx;
+/// use score_machines::TrainingSet;
+///
+/// // The first 1,000 digits, pixels in [-1, 1], with their labels when
+/// // the label file is there too.
+/// let digits: TrainingSet<f32> = idx::read_mnist_rows("../shared/data/mnist", 0..1000)?;
+/// assert_eq!(digits.len(), 1000);
+/// # Ok::<(), score_machines::Error>(())
+/// ```
 pub fn read_mnist_rows<T: Real>(
     dir: impl AsRef<Path>,
     rows: Range<usize>,
@@ -209,6 +222,9 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// The error for a split whose image file is absent.
 fn missing(dir: &Path, split: Split) -> Error {
+    if let Some(error) = not_a_folder(dir) {
+        return error;
+    }
     let name = split.images_file();
     io_error(
         &dir.join(name),
@@ -219,8 +235,24 @@ fn missing(dir: &Path, split: Split) -> Error {
     )
 }
 
+/// The error for a path that is a file, not a folder; `None` otherwise.
+fn not_a_folder(path: &Path) -> Option<Error> {
+    path.is_file().then(|| {
+        io_error(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "this is a file; pass the folder that holds the IDX files",
+            ),
+        )
+    })
+}
+
 /// The error for a folder with neither split's image file.
 fn missing_both(dir: &Path) -> Error {
+    if let Some(error) = not_a_folder(dir) {
+        return error;
+    }
     let (train, test) = (Split::Train.images_file(), Split::Test.images_file());
     io_error(
         dir,

@@ -41,14 +41,15 @@
 //!
 //! with no rescaling as long as `beta (m - d) <= 8`; a candidate further
 //! below the reference first lowers `m` and rescales the position's lanes.
-//! The lanes are folded into the `f64` [`PartialPosterior`] after every
-//! `FOLD_EVERY` training images per lane when a lane is one column
-//! displacement (at most `2 H - 1` candidates per image and output pixel),
-//! and with image lanes as soon as another group of eight images could
+//! The lanes are folded into the `f64` [`PartialPosterior`] as soon as
+//! another training image (column lanes, where a lane is every eighth
+//! column displacement) or another group of eight (image lanes) could
 //! take a lane's sums past [`FOLD_TERMS`] terms at an output pixel, but
-//! at least after every group. So no `f32` sum runs over more than about
-//! `max(16 (2 H - 1), 1024, H W)` terms: about a thousand for 28x28
-//! images.
+//! at least after every image or group, and at most every `FOLD_EVERY`;
+//! where one image or group alone could pass [`FOLD_TERMS`] (images with
+//! more than about a thousand candidates per pixel), also after every
+//! [`FOLD_TERMS`] displacement blocks. So no `f32` sum runs over more
+//! than [`FOLD_TERMS`] terms.
 
 use super::plan::{Plan, Shift};
 use super::posterior::PartialPosterior;
@@ -70,8 +71,8 @@ const NOT_A_CANDIDATE: f64 = 1e300;
 const NO_CANDIDATE_ABOVE: f64 = 0.5e300;
 
 /// The largest exponent `beta (m - d)` added without lowering the
-/// reference `m`: weights stay below `e^8`. A lane sums at most about
-/// `max(16 (2 H - 1), 1024, H W)` terms between folds, so with training values
+/// reference `m`: weights stay below `e^8`. A lane sums at most
+/// [`FOLD_TERMS`] terms between folds, so with training values
 /// up to `1e20` (the fast path's bound) its sums stay far below the `f32`
 /// maximum for any image size.
 pub(crate) const ABOVE_REFERENCE: f32 = 8.0;
@@ -111,8 +112,9 @@ const AT_OR_BELOW_REFERENCE: f32 = -f32::MIN_POSITIVE;
 /// group of eight images).
 const FOLD_TERMS: usize = 1024;
 
-/// The most candidates any output pixel of `plan` has in one image.
-fn most_candidates(plan: &Plan) -> usize {
+/// The most candidates any output pixel of `plan` has in one image, along
+/// the rows and along the columns (their product is the most in all).
+fn most_candidates(plan: &Plan) -> (usize, usize) {
     let most = |axis: &super::plan::AxisPlan, len: usize| {
         let mut count = vec![0usize; len];
         for shift in &axis.shifts {
@@ -122,7 +124,10 @@ fn most_candidates(plan: &Plan) -> usize {
         }
         count.into_iter().max().unwrap_or(0)
     };
-    (most(&plan.rows, plan.shape.height) * most(&plan.cols, plan.shape.width)).max(1)
+    (
+        most(&plan.rows, plan.shape.height).max(1),
+        most(&plan.cols, plan.shape.width).max(1),
+    )
 }
 
 /// Training images (or, for the same location, groups of eight images)
@@ -161,6 +166,13 @@ pub(crate) struct LanePlan {
     image_lanes: bool,
     /// Groups of eight images between folds, for image lanes.
     fold_groups: usize,
+    /// Images between folds, for column lanes.
+    fold_images: usize,
+    /// Where one image (column lanes) or one group of eight (image lanes)
+    /// can give a lane more than [`FOLD_TERMS`] terms at an output pixel
+    /// (large images), the lanes also fold after this many displacement
+    /// blocks: each block adds at most one term per lane and pixel.
+    fold_blocks: Option<usize>,
     /// Whether each output pixel's only candidate is its own location.
     same_location: bool,
 }
@@ -258,12 +270,23 @@ impl LanePlan {
             })
             .max()
             .unwrap_or(0);
+        // Terms one lane can take at one output pixel per image: all of the
+        // image's candidates with image lanes, every eighth column
+        // displacement with column lanes.
+        let (most_rows, most_cols) = most_candidates(plan);
+        let per_lane = if image_lanes {
+            most_rows * most_cols
+        } else {
+            most_rows * most_cols.div_ceil(LANES)
+        };
         LanePlan {
             rows,
             blocks,
             margin,
             image_lanes,
-            fold_groups: (FOLD_TERMS / most_candidates(plan)).clamp(1, FOLD_EVERY),
+            fold_groups: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
+            fold_images: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
+            fold_blocks: (per_lane > FOLD_TERMS).then_some(FOLD_TERMS),
             same_location,
         }
     }
@@ -859,16 +882,18 @@ fn run_with<'i, V: Vector>(
     let plan = job.plan;
     let extended = job.lanes.extended_width(plan);
     let mut pending = 0;
+    let mut clock = FoldClock::new(job);
     for image in images {
         plan.pad_into(image, &mut scratch.image, extended, job.lanes.margin);
         scratch.scale_image(job.signal);
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
                 displacement_block::<V, 1>(job, rows, block, scratch);
+                clock.tick(job, scratch, posterior);
             }
         }
         pending += 1;
-        if pending == FOLD_EVERY {
+        if pending == job.lanes.fold_images {
             scratch.state.fold_into(posterior, job.beta);
             pending = 0;
         }
@@ -892,6 +917,7 @@ fn run_image_lanes<'i, V: Vector>(
     let extended = job.lanes.extended_width(plan);
     let mut pending = 0;
     let mut filled = 0;
+    let mut clock = FoldClock::new(job);
     for image in images {
         plan.pad_into(image, &mut scratch.padded, extended, job.lanes.margin);
         for (slot, &value) in scratch
@@ -905,7 +931,7 @@ fn run_image_lanes<'i, V: Vector>(
         }
         filled += 1;
         if filled == LANES {
-            flush_image_lanes::<V>(job, scratch, filled);
+            flush_image_lanes::<V>(job, scratch, filled, &mut clock, posterior);
             filled = 0;
             pending += 1;
             if pending == job.lanes.fold_groups {
@@ -920,7 +946,7 @@ fn run_image_lanes<'i, V: Vector>(
                 *slot = 0.0;
             }
         }
-        flush_image_lanes::<V>(job, scratch, filled);
+        flush_image_lanes::<V>(job, scratch, filled, &mut clock, posterior);
         pending += 1;
     }
     if pending > 0 {
@@ -928,10 +954,48 @@ fn run_image_lanes<'i, V: Vector>(
     }
 }
 
+/// Counts displacement blocks for [`LanePlan::fold_blocks`].
+struct FoldClock {
+    every: Option<usize>,
+    blocks: usize,
+}
+
+impl FoldClock {
+    fn new(job: &LaneJob<'_>) -> Self {
+        FoldClock {
+            every: job.lanes.fold_blocks,
+            blocks: 0,
+        }
+    }
+
+    /// One more block; folds the lanes when `every` blocks have passed.
+    #[inline(always)]
+    fn tick(
+        &mut self,
+        job: &LaneJob<'_>,
+        scratch: &mut LaneScratch,
+        posterior: &mut PartialPosterior,
+    ) {
+        if let Some(every) = self.every {
+            self.blocks += 1;
+            if self.blocks == every {
+                scratch.state.fold_into(posterior, job.beta);
+                self.blocks = 0;
+            }
+        }
+    }
+}
+
 /// Scales the interleaved images of which the first `filled` lanes are
 /// real and adds their candidates.
 #[inline(always)]
-fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled: usize) {
+fn flush_image_lanes<V: Vector>(
+    job: &LaneJob<'_>,
+    scratch: &mut LaneScratch,
+    filled: usize,
+    clock: &mut FoldClock,
+    posterior: &mut PartialPosterior,
+) {
     if job.uses_cross_terms() {
         // `scaled = 2 a p`, so that the window sums of `q scaled` are `2 C`;
         // empty lanes get the window norm NOT_A_CANDIDATE.
@@ -940,6 +1004,7 @@ fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, fi
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
                 cross_block::<V>(job, rows, block, scratch);
+                clock.tick(job, scratch, posterior);
             }
         }
         return;
@@ -949,6 +1014,7 @@ fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, fi
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
                 displacement_block::<V, LANES>(job, rows, block, scratch);
+                clock.tick(job, scratch, posterior);
             }
         }
     } else {
@@ -972,6 +1038,7 @@ fn flush_image_lanes<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, fi
         for rows in &job.lanes.rows {
             for block in &partial {
                 displacement_block::<V, LANES>(job, rows, block, scratch);
+                clock.tick(job, scratch, posterior);
             }
         }
     }

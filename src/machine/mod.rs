@@ -265,6 +265,29 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
     /// training set (same schedule, locality and equivariance) merge with
     /// [`PartialPosterior::merge`] into the state over their union.
     ///
+    /// # Example
+    ///
+    /// ```
+    /// use score_machines::prelude::*;
+    ///
+    /// let shape = Shape::new(1, 6, 6)?;
+    /// let pixels: Vec<f64> = (0..10 * 36).map(|i| ((i * 7919) % 17) as f64 / 8.0 - 1.0).collect();
+    /// let all = TrainingSet::new(shape, pixels, None)?;
+    /// let x = Image::from_vec(shape, vec![0.2; 36])?;
+    /// let patch = SquarePatch::new(3)?;
+    ///
+    /// // Two shards (say, on two machines), merged...
+    /// let shard = |rows: &[usize]| -> Result<PartialPosterior, Error> {
+    ///     Machine::equivariant_local(all.select(rows)?, LegacyCosine, patch.clone())?.posterior(&x, 0.4, None)
+    /// };
+    /// let mut merged = shard(&[0, 1, 2, 3])?;
+    /// merged.merge(&shard(&[4, 5, 6, 7, 8, 9])?)?;
+    /// // ...equal the whole set in one pass.
+    /// let whole = Machine::equivariant_local(all, LegacyCosine, patch)?.x0_hat(&x, 0.4, None)?;
+    /// assert!(merged.to_image::<f64>()?.squared_distance(&whole)? < 1e-24);
+    /// # Ok::<(), score_machines::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// - [`Error::ShapeMismatch`] if `x` has another shape than the
@@ -317,8 +340,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 whole::whole_image(&self.training, rows, query, signal, beta)
             }));
         }
-        // The f32 lanes hold sums of up to `16 (2 H - 1)` weights of at most
-        // e^8 times training values: with values up to 1e20 they stay far
+        // The f32 lanes hold sums of up to 1,024 weights of at most e^8
+        // times training values: with values up to 1e20 they stay far
         // from the f32 range for any image size. Keep beta where its f32
         // form and the skipping bound of the lane kernel hold.
         let fast = T::as_f32(self.training.as_slice()).filter(|_| {

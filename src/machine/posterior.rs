@@ -50,7 +50,9 @@ pub(crate) fn relative_weight(distance: f64, minimum: f64, beta: f64) -> f64 {
 
 impl PartialPosterior {
     /// An empty part (no candidate yet) for images of `shape` at inverse
-    /// temperature `beta = 1 / (2 s^2)` (may be infinite).
+    /// temperature `beta = 1 / (2 s^2)`, which should be at least 0 (it may
+    /// be infinite); a part with a negative or NaN `beta` merges with none
+    /// (see [`PartialPosterior::merge`]).
     pub fn new(shape: Shape, beta: f64) -> Self {
         let positions = shape.positions();
         PartialPosterior {
@@ -141,7 +143,7 @@ impl PartialPosterior {
     ///
     /// [`Error::ShapeMismatch`] if the parts differ in shape,
     /// [`Error::InvalidParameter`] if they were made at different times
-    /// (different `beta`).
+    /// (different `beta`) or either `beta` is negative or NaN.
     ///
     /// # Example
     ///
@@ -174,6 +176,14 @@ impl PartialPosterior {
                 self.shape,
                 other.shape,
             ));
+        }
+        let invalid = |beta: f64| beta.is_nan() || beta < 0.0;
+        if invalid(self.beta) || invalid(other.beta) {
+            return Err(Error::InvalidParameter(format!(
+                "cannot merge partial posteriors with inverse temperature beta {} and {} \
+                 (it must be at least 0)",
+                self.beta, other.beta
+            )));
         }
         if self.beta.to_bits() != other.beta.to_bits() {
             return Err(Error::InvalidParameter(format!(

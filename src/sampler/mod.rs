@@ -208,6 +208,23 @@ impl Sampler {
     /// for class `class`, showing every step to `observer`, and returns the
     /// final state (at `t = 0`, or where the observer stopped the run).
     ///
+    /// # Example
+    ///
+    /// ```
+    /// use score_machines::prelude::*;
+    ///
+    /// let shape = Shape::new(1, 8, 8)?;
+    /// let pixels: Vec<f32> = (0..6 * 64).map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0).collect();
+    /// let training = TrainingSet::new(shape, pixels, None)?;
+    /// let machine = Machine::equivariant_local_zero_padded(training, LegacyCosine, SquarePatch::new(3)?)?;
+    /// let sampler = Sampler::new(Method::Ddim, 10)?;
+    /// // `&mut ()` observes nothing; a closure or a `Trajectory` sees every step.
+    /// let sample = sampler.sample(&machine, initial_noise(shape, 42), None, &mut ())?;
+    /// let again = sampler.sample(&machine, initial_noise(shape, 42), None, &mut ())?;
+    /// assert_eq!(sample, again); // DDIM is deterministic given the seed
+    /// # Ok::<(), score_machines::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`Sampler::sample_into`].
