@@ -644,6 +644,28 @@ fn class_conditioning_equals_the_class_alone() {
     tally.finish("class conditioning");
 }
 
+/// Merges the posteriors of `kind` over two shards and compares them with
+/// the machine over `whole`.
+#[allow(clippy::too_many_arguments)]
+fn compare_shards<T: Real>(
+    tally: &mut Tally,
+    kind: Kind,
+    [first, rest]: [&TrainingSet<T>; 2],
+    whole: &TrainingSet<T>,
+    side: usize,
+    x: &Image<T>,
+    t: f64,
+    tolerance: f64,
+) {
+    let case = format!("{} t={t} k={side}", kind.name());
+    let mut merged = with_machine!(kind, first.clone(), side, |m| m.posterior(x, t, None)).unwrap();
+    let second = with_machine!(kind, rest.clone(), side, |m| m.posterior(x, t, None)).unwrap();
+    merged.merge(&second).unwrap();
+    let merged: Image<f64> = merged.to_image().unwrap();
+    let single = machine_x0_hat(kind, whole, side, x, t, None).unwrap();
+    tally.compare(kind.name(), &case, merged.as_slice(), &single, tolerance);
+}
+
 #[test]
 fn merged_shards_equal_the_whole_set() {
     let case = random_case(3, 7, 9, 9, 6);
@@ -655,15 +677,8 @@ fn merged_shards_equal_the_whole_set() {
         let x = Image::from_vec(case.shape, noised(&case.sources[1], t, 400)).unwrap();
         for kind in KINDS {
             for side in [3, 5] {
-                let case = format!("{} t={t} k={side}", kind.name());
-                let mut merged =
-                    with_machine!(kind, first.clone(), side, |m| m.posterior(&x, t, None)).unwrap();
-                let second =
-                    with_machine!(kind, rest.clone(), side, |m| m.posterior(&x, t, None)).unwrap();
-                merged.merge(&second).unwrap();
-                let merged: Image<f64> = merged.to_image().unwrap();
-                let single = machine_x0_hat(kind, &whole, side, &x, t, None).unwrap();
-                tally.compare(kind.name(), &case, merged.as_slice(), &single, 1e-12);
+                let shards = [&first, &rest];
+                compare_shards(&mut tally, kind, shards, &whole, side, &x, t, 1e-12);
             }
         }
     }
@@ -772,15 +787,8 @@ fn merged_f32_shards_of_mnist_equal_the_whole_set() {
             Kind::EquivariantLocalZeroPadded,
         ] {
             for side in [3, 7, 15] {
-                let case = format!("{} t={t} k={side}", kind.name());
-                let mut merged =
-                    with_machine!(kind, first.clone(), side, |m| m.posterior(&x, t, None)).unwrap();
-                let second =
-                    with_machine!(kind, rest.clone(), side, |m| m.posterior(&x, t, None)).unwrap();
-                merged.merge(&second).unwrap();
-                let merged: Image<f64> = merged.to_image().unwrap();
-                let single = machine_x0_hat(kind, &whole, side, &x, t, None).unwrap();
-                tally.compare(kind.name(), &case, merged.as_slice(), &single, 1e-5);
+                let shards = [&first, &rest];
+                compare_shards(&mut tally, kind, shards, &whole, side, &x, t, 1e-5);
             }
         }
     }

@@ -19,11 +19,12 @@
 
 use super::plan::{Plan, Shift};
 use super::posterior::PartialPosterior;
+use crate::real::Real;
+use crate::training::TrainingSet;
 
 /// Buffers reused across training images.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub padded_image: Vec<f64>,
     pub residual: Vec<f64>,
     pub row_sums: Vec<f64>,
     pub distances: Vec<f64>,
@@ -55,6 +56,38 @@ impl CandidateSink for PartialPosterior {
         stride: usize,
     ) {
         PartialPosterior::add(self, position, distance, values, stride);
+    }
+}
+
+/// Adds the candidates of the training images `rows` to `sink`, padding
+/// each in turn with `plan`; `starting(sink, row)` is told each image's
+/// row before its candidates.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_images<T: Real, S: CandidateSink>(
+    training: &TrainingSet<T>,
+    rows: &[usize],
+    plan: &Plan,
+    query: &[f64],
+    signal: f64,
+    direct_only: bool,
+    sink: &mut S,
+    mut starting: impl FnMut(&mut S, usize),
+) {
+    let channels = training.shape().channels;
+    let mut scratch = Scratch::default();
+    let mut padded = vec![0.0; plan.padded_height * plan.padded_width * channels];
+    for &row in rows {
+        plan.pad(training.image(row), &mut padded);
+        starting(sink, row);
+        accumulate(
+            plan,
+            query,
+            &padded,
+            signal,
+            direct_only,
+            sink,
+            &mut scratch,
+        );
     }
 }
 

@@ -22,7 +22,6 @@ use crate::real::Real;
 use crate::schedule::{NoiseSchedule, check_time};
 use crate::score::{Prediction, ScoreFunction};
 use crate::training::TrainingSet;
-use kernel::Scratch;
 use plan::Plan;
 
 /// Number of training images one worker takes at a time.
@@ -647,27 +646,18 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         rows: &[usize],
     ) -> PartialPosterior {
         let shape = self.training.shape();
-        let padded_len = plan.padded_height * plan.padded_width * shape.channels;
         let chunk = |rows: &[usize]| {
             let mut posterior = PartialPosterior::new(shape, beta);
-            let mut scratch = Scratch {
-                padded_image: vec![0.0; padded_len],
-                ..Scratch::default()
-            };
-            for &row in rows {
-                let mut padded = std::mem::take(&mut scratch.padded_image);
-                plan.pad(self.training.image(row), &mut padded);
-                kernel::accumulate(
-                    plan,
-                    query,
-                    &padded,
-                    signal,
-                    direct_only,
-                    &mut posterior,
-                    &mut scratch,
-                );
-                scratch.padded_image = padded;
-            }
+            kernel::accumulate_images(
+                &self.training,
+                rows,
+                plan,
+                query,
+                signal,
+                direct_only,
+                &mut posterior,
+                |_, _| {},
+            );
             posterior
         };
         self.reduce(rows, CHUNK, beta, chunk)

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use super::kernel::{self, CandidateSink, Scratch};
+use super::kernel::{self, CandidateSink};
 use super::plan::Plan;
 use super::posterior::{PartialPosterior, relative_weight};
 use crate::error::{Error, Result};
@@ -231,24 +231,18 @@ pub(crate) fn mosaic<T: Real>(
     direct_only: bool,
 ) -> Mosaic {
     let shape = training.shape();
-    let padded_len = plan.padded_height * plan.padded_width * shape.channels;
     let chunk = |rows: &[usize]| {
         let mut nearest = NearestPatches::new(shape, beta);
-        let mut scratch = Scratch::default();
-        let mut padded = vec![0.0; padded_len];
-        for &row in rows {
-            plan.pad(training.image(row), &mut padded);
-            nearest.image = row;
-            kernel::accumulate(
-                plan,
-                query,
-                &padded,
-                signal,
-                direct_only,
-                &mut nearest,
-                &mut scratch,
-            );
-        }
+        kernel::accumulate_images(
+            training,
+            rows,
+            plan,
+            query,
+            signal,
+            direct_only,
+            &mut nearest,
+            |nearest, row| nearest.image = row,
+        );
         nearest
     };
     const CHUNK: usize = 16;
