@@ -265,3 +265,25 @@ fn mnist_digits_are_explained_by_their_nearest_patches() {
         mosaic.sources().len()
     );
 }
+
+/// The mosaic is the same, to the last bit, on one thread and on several.
+#[cfg(feature = "parallel")]
+#[test]
+fn the_mosaic_does_not_depend_on_the_number_of_threads() {
+    let (training, x) = random_set(Shape::new(1, 9, 9).unwrap(), 100, 12);
+    let els =
+        Machine::equivariant_local(training, LegacyCosine, SquarePatch::new(3).unwrap()).unwrap();
+    let many = els.mosaic(&x, 0.4, None).unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| els.mosaic(&x, 0.4, None).unwrap());
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(|| els.mosaic(&x, 0.4, None).unwrap());
+    assert_eq!(many, one);
+    assert_eq!(many, three);
+}

@@ -371,10 +371,12 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
     /// candidate, so this costs about as much as one evaluation of an
     /// `f64` machine (several times an `f32` evaluation). Nearest
     /// candidates at equal distances go to the lowest image index, then the
-    /// lowest centre. At `t = 0` the weights are `1 / m` for `m` tied
-    /// candidates, and without ties [`Mosaic::to_image`] is the machine's
-    /// prediction; to explain a generated image, pass it with `t = 0` (or
-    /// the last time its sampler evaluated).
+    /// lowest centre. Where the schedule's noise is 0 (at `t = 0` for every
+    /// schedule but `VarianceExploding`) the weights are `1 / m` for `m`
+    /// tied candidates, and without ties [`Mosaic::to_image`] is the
+    /// machine's prediction; to explain a generated image, pass it with
+    /// `t = 0` (or the last time its sampler evaluated). The result is the
+    /// same, to the last bit, for any number of threads.
     ///
     /// # Example
     ///

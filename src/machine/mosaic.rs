@@ -36,7 +36,9 @@ pub struct Tile {
     /// The squared patch distance `d(x; mu, y)`.
     pub distance: f64,
     /// The tile's softmax weight `w(x; mu, y)`, in `(0, 1]`: the share of
-    /// the output pixel the tile explains. At `t = 0` it is `1 / m` for
+    /// the output pixel the tile explains. Where the noise is 0 (at `t = 0`
+    /// for every schedule but [`VarianceExploding`](crate::schedule::VarianceExploding),
+    /// whose noise never reaches 0) it is `1 / m` for
     /// `m` candidates tied at the nearest distance.
     pub weight: f64,
 }
@@ -52,15 +54,17 @@ pub struct Tile {
 /// let shape = Shape::new(1, 6, 6)?;
 /// let pixels: Vec<f64> = (0..4 * 36).map(|i| ((i * 7919) % 13) as f64 / 6.0 - 1.0).collect();
 /// let training = TrainingSet::new(shape, pixels, None)?;
-/// let els = Machine::equivariant_local(training.clone(), LegacyCosine, SquarePatch::new(3)?)?;
+/// let patch = SquarePatch::new(3)?;
+/// let bbels = Machine::equivariant_local_zero_padded(training.clone(), LegacyCosine, patch)?;
 ///
-/// // A training image explains itself: every pixel's nearest patch is its
-/// // own window there, at distance 0.
+/// // A training image explains itself: with zero padding every pixel's own
+/// // window is among its candidates, so every tile is at distance 0.
+/// // (ELS, whose query wraps and whose candidates lie inside the image,
+/// // cannot match the windows of edge pixels.)
 /// let image = training.to_image(2);
-/// let mosaic = els.mosaic(&image, 0.0, None)?;
-/// let tile = mosaic.tile(2, 3).expect("inside the image");
-/// assert_eq!(tile.distance, 0.0);
-/// assert_eq!(mosaic.to_image(&training)?, els.x0_hat(&image, 0.0, None)?);
+/// let mosaic = bbels.mosaic(&image, 0.0, None)?;
+/// assert!(mosaic.tiles().iter().all(|tile| tile.distance == 0.0));
+/// assert_eq!(mosaic.to_image(&training)?, bbels.x0_hat(&image, 0.0, None)?);
 /// println!("{} source images, the first {:?}", mosaic.sources().len(), mosaic.sources()[0]);
 /// # Ok::<(), score_machines::Error>(())
 /// ```
@@ -100,7 +104,8 @@ impl Mosaic {
     }
 
     /// The mosaic itself: every output pixel set to the centre value of its
-    /// tile, in every channel. At `t = 0`, without ties, this is the
+    /// tile, in every channel. Where the noise is 0 (see [`Tile::weight`]),
+    /// without ties, this is the
     /// machine's prediction.
     ///
     /// # Errors
@@ -245,19 +250,23 @@ pub(crate) fn mosaic<T: Real>(
         );
         nearest
     };
+    // Chunks of a fixed size, merged in order (a batch of chunks at a time,
+    // so that few parts are held at once): the sums are rounded the same
+    // way whatever the number of threads.
     const CHUNK: usize = 16;
-    let empty = || NearestPatches::new(shape, beta);
-    #[cfg(feature = "parallel")]
-    let nearest = {
-        use rayon::prelude::*;
-        rows.par_chunks(CHUNK)
-            .map(chunk)
-            .reduce(empty, |a, b| a.merge(&b))
-    };
-    #[cfg(not(feature = "parallel"))]
-    let nearest = rows
-        .chunks(CHUNK)
-        .map(chunk)
-        .fold(empty(), |a, b| a.merge(&b));
-    nearest.into_mosaic()
+    const BATCH: usize = 32 * CHUNK;
+    let mut whole = NearestPatches::new(shape, beta);
+    for batch in rows.chunks(BATCH) {
+        #[cfg(feature = "parallel")]
+        let parts: Vec<NearestPatches> = {
+            use rayon::prelude::*;
+            batch.par_chunks(CHUNK).map(chunk).collect()
+        };
+        #[cfg(not(feature = "parallel"))]
+        let parts: Vec<NearestPatches> = batch.chunks(CHUNK).map(chunk).collect();
+        for part in &parts {
+            whole = whole.merge(part);
+        }
+    }
+    whole.into_mosaic()
 }
