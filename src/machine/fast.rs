@@ -164,10 +164,9 @@ pub(crate) struct LanePlan {
     /// Whether the lanes are eight training images at one displacement
     /// rather than eight column displacements of one image.
     image_lanes: bool,
-    /// Groups of eight images between folds, for image lanes.
-    fold_groups: usize,
-    /// Images between folds, for column lanes.
-    fold_images: usize,
+    /// Groups of eight images (image lanes) or images (column lanes)
+    /// between folds.
+    fold_every: usize,
     /// Where one image (column lanes) or one group of eight (image lanes)
     /// can give a lane more than [`FOLD_TERMS`] terms at an output pixel
     /// (large images), the lanes also fold after this many displacement
@@ -284,8 +283,7 @@ impl LanePlan {
             blocks,
             margin,
             image_lanes,
-            fold_groups: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
-            fold_images: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
+            fold_every: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
             fold_blocks: (per_lane > FOLD_TERMS).then_some(FOLD_TERMS),
             same_location,
         }
@@ -893,7 +891,7 @@ fn run_with<'i, V: Vector>(
             }
         }
         pending += 1;
-        if pending == job.lanes.fold_images {
+        if pending == job.lanes.fold_every {
             scratch.state.fold_into(posterior, job.beta);
             pending = 0;
         }
@@ -934,7 +932,7 @@ fn run_image_lanes<'i, V: Vector>(
             flush_image_lanes::<V>(job, scratch, filled, &mut clock, posterior);
             filled = 0;
             pending += 1;
-            if pending == job.lanes.fold_groups {
+            if pending == job.lanes.fold_every {
                 scratch.state.fold_into(posterior, job.beta);
                 pending = 0;
             }
@@ -1089,20 +1087,16 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
         let slot = &mut row_sums[(i % height) * span_cols..][..span_cols];
         let query_row = rows.first + i;
         let image_row = query_row as isize + rows.delta;
+        if i < height {
+            slot.fill([0.0; LANES]);
+        }
         if image_row < 0 || image_row >= ph as isize {
             // No candidate window reaches this row.
-            if i < height {
-                slot.fill([0.0; LANES]);
-            } else {
-                for (d, leaving) in distances.iter_mut().zip(slot.iter_mut()) {
-                    V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
-                    *leaving = [0.0; LANES];
-                }
+            for (d, leaving) in distances.iter_mut().zip(slot.iter_mut()) {
+                V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
+                *leaving = [0.0; LANES];
             }
         } else {
-            if i < height {
-                slot.fill([0.0; LANES]);
-            }
             // Residuals of the row, summed along it by a sliding window.
             let image_row = image_row as usize;
             let q = &query[query_row * pw + block.first..];

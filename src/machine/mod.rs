@@ -314,7 +314,6 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             largest_query,
             direct_only,
         } = self.setup(x, t, class)?;
-        let shape = self.training.shape();
         let (height, width) = (plan.patch.height() as f64, plan.patch.width() as f64);
         // The f32 lanes may instead expand `d = Q + A - 2 C` (query and
         // window norms, sliding sums of cross terms). Each part is a sum of
@@ -358,8 +357,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             };
             return Ok(self.stream_f32(&plan, images, query, kernel, &rows, class));
         }
-        let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
-        plan.pad(x.as_slice(), &mut query);
+        let query = plan.padded(x.as_slice());
         Ok(self.stream(&plan, &query, signal, beta, direct_only, &rows))
     }
 
@@ -407,9 +405,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             direct_only,
             ..
         } = self.setup(x, t, class)?;
-        let shape = self.training.shape();
-        let mut query = vec![0.0; plan.padded_height * plan.padded_width * shape.channels];
-        plan.pad(x.as_slice(), &mut query);
+        let query = plan.padded(x.as_slice());
         Ok(mosaic::mosaic(
             &self.training,
             &rows,

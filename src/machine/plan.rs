@@ -255,6 +255,13 @@ impl Plan {
         self.pad_into(image, padded, self.padded_width, 0);
     }
 
+    /// `image` padded by [`Plan::pad`] into a new `f64` buffer.
+    pub fn padded<T: crate::Real>(&self, image: &[T]) -> Vec<f64> {
+        let mut padded = vec![0.0; self.padded_height * self.padded_width * self.shape.channels];
+        self.pad(image, &mut padded);
+        padded
+    }
+
     /// As [`Plan::pad`], into planes of `out_width >= padded_width`
     /// columns with the padded image starting at column `col_offset`;
     /// other columns are left as they are.
