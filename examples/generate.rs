@@ -458,24 +458,17 @@ fn run(options: Options) -> Result<(), String> {
             let mosaic = generator
                 .mosaic(sample, options.class)
                 .map_err(|e| e.to_string())?;
-            // At t = 0 a tile of weight 1 is the pixel's only nearest patch;
-            // the others tie (blank windows, say) with patches of other
-            // images, and go to the lowest image index.
-            let mut counts = std::collections::BTreeMap::new();
-            for tile in mosaic.tiles().iter().filter(|tile| tile.weight == 1.0) {
-                *counts.entry(tile.image).or_insert(0usize) += 1;
-            }
-            let unique: usize = counts.values().sum();
-            let largest = counts
-                .iter()
-                .max_by_key(|&(image, pixels)| (*pixels, std::cmp::Reverse(*image)))
-                .map_or("-".to_string(), |(image, pixels)| {
-                    format!("{image} ({pixels})")
-                });
+            // Tiles whose nearest distance several patches share (blank
+            // windows, say) are not counted as sources.
+            let sources = mosaic.sources();
+            let unique: usize = sources.iter().map(|(_, pixels)| pixels).sum();
+            let largest = sources.first().map_or("-".to_string(), |(image, pixels)| {
+                format!("{image} ({pixels})")
+            });
             say!(
                 "{index:>6}  {:>12}  {:>11}  {largest:>30}",
                 format!("{unique} of {}", shape.positions()),
-                counts.len(),
+                sources.len(),
             );
         }
         say!(

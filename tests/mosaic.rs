@@ -88,6 +88,9 @@ fn check_tiles(
             .filter(|&d| d > nearest)
             .fold(f64::INFINITY, f64::min);
         let ties = list.iter().filter(|c| c.2 == nearest).count();
+        if beta.is_infinite() {
+            assert_eq!(tile.ties, ties, "{label} pixel {position}");
+        }
         if ties == 1 && second - nearest > 1e-9 * nearest.max(1.0) {
             let want = list.iter().find(|c| c.2 == nearest).unwrap();
             assert_eq!(
@@ -159,7 +162,12 @@ fn at_time_zero_the_mosaic_is_the_prediction() {
         mosaic.to_image(&training).unwrap(),
         els.x0_hat(&x, 0.0, None).unwrap()
     );
-    assert!(mosaic.tiles().iter().all(|tile| tile.weight == 1.0));
+    assert!(
+        mosaic
+            .tiles()
+            .iter()
+            .all(|tile| tile.weight == 1.0 && tile.ties == 1)
+    );
     let sources = mosaic.sources();
     assert_eq!(sources.iter().map(|s| s.1).sum::<usize>(), 56);
     assert!(sources.windows(2).all(|w| w[0].1 >= w[1].1));
@@ -259,6 +267,17 @@ fn mnist_digits_are_explained_by_their_nearest_patches() {
     let own = training.to_image(7);
     let mosaic = bbels.mosaic(&own, 0.0, None).unwrap();
     assert!(mosaic.tiles().iter().all(|tile| tile.distance == 0.0));
+    // Blank windows tie across digits: each tile's weight is 1 / ties, and
+    // only the unique tiles count as sources.
+    assert!(
+        mosaic
+            .tiles()
+            .iter()
+            .all(|tile| tile.weight == 1.0 / tile.ties as f64)
+    );
+    assert!(mosaic.tiles().iter().any(|tile| tile.ties > 1));
+    let unique = mosaic.tiles().iter().filter(|tile| tile.ties == 1).count();
+    assert_eq!(mosaic.sources().iter().map(|s| s.1).sum::<usize>(), unique);
     assert_eq!(mosaic.to_image(&training).unwrap(), own);
     println!(
         "digit 7 explained by {} training digits",

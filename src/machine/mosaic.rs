@@ -33,8 +33,15 @@ pub struct Tile {
     pub image: usize,
     /// The centre of the patch within that image: row and column.
     pub centre: (usize, usize),
-    /// The squared patch distance `d(x; mu, y)`.
+    /// The squared patch distance `d(x; mu, y)`: the (window-weighted) sum
+    /// over the window's offsets and the channels of
+    /// `(phi_t(x + o) - a phi^mu(y + o))^2`, as in `docs/machines.md`.
     pub distance: f64,
+    /// How many candidates lie exactly at this distance (1 when the
+    /// nearest patch is unique). Of tied candidates the tile names the one
+    /// of lowest image index, then lowest centre: an arbitrary choice, as
+    /// blank windows of many images tie.
+    pub ties: usize,
     /// The tile's softmax weight `w(x; mu, y)`, in `(0, 1]`: the share of
     /// the output pixel the tile explains. Where the noise is 0 (at `t = 0`
     /// for every schedule but [`VarianceExploding`](crate::schedule::VarianceExploding),
@@ -91,11 +98,14 @@ impl Mosaic {
             .then(|| &self.tiles[row * self.shape.width + col])
     }
 
-    /// The training images the tiles come from, with the number of output
-    /// pixels each explains, most first (ties by image index).
+    /// The training images the tiles with a unique nearest patch
+    /// (`ties == 1`) come from, with the number of output pixels each
+    /// explains, most first (equal counts by image index). Tiles whose
+    /// nearest distance is shared by several candidates are left out, as
+    /// the image they name is only the lowest-indexed of those.
     pub fn sources(&self) -> Vec<(usize, usize)> {
         let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
-        for tile in &self.tiles {
+        for tile in self.tiles.iter().filter(|tile| tile.ties == 1) {
             *counts.entry(tile.image).or_default() += 1;
         }
         let mut sources: Vec<(usize, usize)> = counts.into_iter().collect();
@@ -149,6 +159,8 @@ pub(crate) struct NearestPatches {
     image: usize,
     /// `(distance, image, centre)`, infinite where none was seen.
     best: Vec<(f64, usize, (usize, usize))>,
+    /// Candidates at exactly the distance of `best`.
+    ties: Vec<usize>,
     posterior: PartialPosterior,
 }
 
@@ -157,6 +169,7 @@ impl NearestPatches {
         NearestPatches {
             image: 0,
             best: vec![(f64::INFINITY, usize::MAX, (0, 0)); shape.positions()],
+            ties: vec![0; shape.positions()],
             posterior: PartialPosterior::new(shape, beta),
         }
     }
@@ -165,7 +178,13 @@ impl NearestPatches {
     /// lower image index, then the lower centre, so that the result does
     /// not depend on how the images were split.
     fn merge(mut self, other: &NearestPatches) -> Self {
-        for (mine, theirs) in self.best.iter_mut().zip(&other.best) {
+        let pairs = self.best.iter_mut().zip(&mut self.ties);
+        for ((mine, ties), (theirs, their_ties)) in pairs.zip(other.best.iter().zip(&other.ties)) {
+            if theirs.0 < mine.0 {
+                *ties = *their_ties;
+            } else if theirs.0 == mine.0 {
+                *ties += their_ties;
+            }
             if (theirs.0, theirs.1, theirs.2) < (mine.0, mine.1, mine.2) {
                 *mine = *theirs;
             }
@@ -183,6 +202,7 @@ impl NearestPatches {
         let tiles = self
             .best
             .into_iter()
+            .zip(self.ties)
             .zip(
                 posterior
                     .min_distances()
@@ -190,10 +210,11 @@ impl NearestPatches {
                     .zip(posterior.normalisers()),
             )
             .map(
-                |((distance, image, centre), (&minimum, &normaliser))| Tile {
+                |(((distance, image, centre), ties), (&minimum, &normaliser))| Tile {
                     image,
                     centre,
                     distance,
+                    ties,
                     weight: relative_weight(distance, minimum, beta) / normaliser,
                 },
             )
@@ -216,6 +237,12 @@ impl CandidateSink for NearestPatches {
         stride: usize,
     ) {
         let best = &mut self.best[position];
+        let ties = &mut self.ties[position];
+        if distance < best.0 {
+            *ties = 1;
+        } else if distance == best.0 {
+            *ties += 1;
+        }
         if (distance, self.image, centre) < (best.0, best.1, best.2) {
             *best = (distance, self.image, centre);
         }
