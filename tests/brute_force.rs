@@ -363,9 +363,12 @@ use Kind::{
 
 /// The reference costs about `N * 784 * candidates * k^2` on a 28x28 digit,
 /// so MNIST gets a selection: every time, every side (31 is larger than
-/// the image, where the reference ELS has no candidate), every machine,
+/// the image, where the reference ELS has no candidate; at 27 the `f32`
+/// ELS computes its cross terms by Fourier transforms), every machine,
 /// both query digits; the small random images take every combination.
-const MNIST_CASES: [MnistCase; 6] = [
+const MNIST_CASES: [MnistCase; 8] = [
+    mnist_case(0.3, 27, 0, &[Els, BbEls]),
+    mnist_case(0.9, 23, 1, &[Els]),
     mnist_case(0.1, 3, 0, &[Is, Ls, Els, ElsPeriodic, BbEls]),
     mnist_case(0.3, 5, 1, &[Is, Ls, Els, BbEls]),
     mnist_case(0.5, 9, 0, &[Is, Es, Ls, Els, BbEls]),
@@ -556,6 +559,9 @@ fn mnist_f32_image_lanes_agree_with_f64_kernel() {
         (0.6, 27, 0, ElsPeriodic),
         (0.9, 7, 1, Els),
         (0.2, 27, 1, BbEls),
+        // Cross terms by Fourier transforms (windows of 23 and 27).
+        (0.05, 27, 1, Els),
+        (0.5, 23, 0, Els),
     ];
     let mut tally = Tally::default();
     for (i, (t, side, query, kind)) in cases.into_iter().enumerate() {
@@ -591,6 +597,9 @@ fn mnist_digits_f32_agree_with_reference() {
             // Single pixels: 15,680 candidates per pixel, a few hundred
             // distinct values, each compared once.
             mnist_case(0.4, 1, 1, &[Els, ElsPeriodic, BbEls]),
+            // Cross terms by Fourier transforms, at low and high noise.
+            mnist_case(0.05, 27, 1, &[Els]),
+            mnist_case(0.8, 25, 0, &[Els]),
         ],
     );
 }

@@ -65,7 +65,7 @@ pub(crate) type WideLanes = [f64; LANES];
 /// `m` the position can hold (the fast path requires `beta >= 1e-30` and
 /// finite pixels), so its weight is exactly 0; a group of lanes none of
 /// which is a candidate leaves the state untouched.
-const NOT_A_CANDIDATE: f64 = 1e300;
+pub(crate) const NOT_A_CANDIDATE: f64 = 1e300;
 
 /// Half of [`NOT_A_CANDIDATE`]: distances at or above it are not candidates.
 const NO_CANDIDATE_ABOVE: f64 = 0.5e300;
@@ -110,7 +110,7 @@ const AT_OR_BELOW_REFERENCE: f32 = -f32::MIN_POSITIVE;
 /// With image lanes, the lanes are folded once the candidates added to a
 /// lane at one output pixel may pass this many (but at least after every
 /// group of eight images).
-const FOLD_TERMS: usize = 1024;
+pub(crate) const FOLD_TERMS: usize = 1024;
 
 /// The most candidates any output pixel of `plan` has in one image, along
 /// the rows and along the columns (their product is the most in all).
@@ -303,7 +303,7 @@ impl LanePlan {
 
 /// Streaming softmax state of every output position: one reference
 /// distance, and per lane a normaliser and weighted sums relative to it.
-struct LaneState {
+pub(crate) struct LaneState {
     reference: Vec<f64>,
     /// Per lane, the smallest distance that carried weight since the
     /// last fold.
@@ -316,7 +316,7 @@ struct LaneState {
 }
 
 impl LaneState {
-    fn new(positions: usize, channels: usize) -> Self {
+    pub(crate) fn new(positions: usize, channels: usize) -> Self {
         LaneState {
             reference: vec![f64::INFINITY; positions],
             nearest: vec![[f64::INFINITY; LANES]; positions],
@@ -332,7 +332,7 @@ impl LaneState {
     /// keeping as reference the smallest distance the posterior has seen
     /// there, so that later candidates far above it are recognised as
     /// negligible.
-    fn fold_into(&mut self, posterior: &mut PartialPosterior, beta: f64) {
+    pub(crate) fn fold_into(&mut self, posterior: &mut PartialPosterior, beta: f64) {
         let positions = self.reference.len();
         for position in 0..positions {
             let normaliser: f64 = self.normaliser[position].iter().map(|&z| z as f64).sum();
@@ -523,6 +523,70 @@ impl LaneJob<'_> {
     }
 }
 
+/// Adds one candidate centre of eight training images (the lanes) to the
+/// softmax states of the output positions `rows x cols` (row-major in an
+/// image `width` columns wide): `distances[x]` holds the lanes' squared
+/// distances at position `x`, and `values[c]` the lanes' values in channel
+/// `c` at the centre. Lanes that are no candidate carry the distance
+/// [`NOT_A_CANDIDATE`].
+pub(crate) fn add_centre(
+    beta: f64,
+    distances: &[WideLanes],
+    (rows, cols, width): (&[usize], &[usize], usize),
+    values: &[Lanes],
+    state: &mut LaneState,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            unsafe { avx2::add_centre(beta, distances, (rows, cols, width), values, state) };
+            return;
+        }
+    }
+    add_centre_with::<Portable>(beta, distances, (rows, cols, width), values, state);
+}
+
+#[inline(always)]
+fn add_centre_with<V: Vector>(
+    beta: f64,
+    distances: &[WideLanes],
+    (rows, cols, width): (&[usize], &[usize], usize),
+    values: &[Lanes],
+    state: &mut LaneState,
+) {
+    let step = Step::<V> {
+        beta: V::Wide::splat(beta * std::f64::consts::LOG2_E),
+        natural_beta: beta,
+        add_penalty: false,
+    };
+    let zero = V::Wide::splat(0.0);
+    let no_penalty = [0.0; LANES];
+    let LaneState {
+        reference,
+        nearest,
+        normaliser,
+        sums,
+        channels,
+    } = state;
+    let channels = *channels;
+    for &r in rows {
+        for &c in cols {
+            let p = r * width + c;
+            let pixel = PixelState {
+                reference: &mut reference[p],
+                nearest: &mut nearest[p],
+                normaliser: &mut normaliser[p],
+                sums: &mut sums[p * channels..(p + 1) * channels],
+            };
+            let distance = V::Wide::load(&distances[p]).max(zero);
+            step.add(distance, &no_penalty, pixel, |channel| {
+                V::load(&values[channel])
+            });
+        }
+    }
+}
+
 /// Eight `f32` lanes and the operations the kernel needs.
 pub(crate) trait Vector: Copy {
     /// The same eight lanes in `f64`.
@@ -666,8 +730,8 @@ pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        EXP2_COEFFICIENTS, LOWEST_POWER, LaneJob, LaneScratch, Lanes, ROUND_BIASED, Vector, Wide,
-        WideLanes, run_with,
+        EXP2_COEFFICIENTS, LOWEST_POWER, LaneJob, LaneScratch, LaneState, Lanes, ROUND_BIASED,
+        Vector, Wide, WideLanes, add_centre_with, run_with,
     };
     use crate::machine::posterior::PartialPosterior;
 
@@ -688,6 +752,20 @@ pub(crate) mod avx2 {
         posterior: &mut PartialPosterior,
     ) {
         run_with::<Avx>(job, images, scratch, posterior);
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn add_centre(
+        beta: f64,
+        distances: &[WideLanes],
+        outputs: (&[usize], &[usize], usize),
+        values: &[Lanes],
+        state: &mut LaneState,
+    ) {
+        add_centre_with::<Avx>(beta, distances, outputs, values, state);
     }
 
     /// `2^x` of every value, eight at a time.
@@ -1364,7 +1442,7 @@ fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled:
 
 /// `Q(x) = sum_c sum_o q(c, x + o)^2` for every output position `x` of
 /// the padded query, summed directly (rows, then columns).
-fn query_window_norms(plan: &Plan, query: &[f64]) -> Vec<f64> {
+pub(crate) fn query_window_norms(plan: &Plan, query: &[f64]) -> Vec<f64> {
     let shape = plan.shape;
     let (ph, pw) = (plan.padded_height, plan.padded_width);
     let (height, width) = (plan.patch.height(), plan.patch.width());

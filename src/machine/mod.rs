@@ -7,6 +7,7 @@ mod kernel;
 mod mosaic;
 mod plan;
 mod posterior;
+mod spectral;
 mod whole;
 
 use std::collections::BTreeMap;
@@ -331,6 +332,22 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             .sum();
         let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
         let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
+        // Or compute the cross terms by Fourier transforms (query windows
+        // that wrap): their rounding is bounded by `cross_term_error`, and
+        // the norms and the final sum round at most `eps M (h w C + 3)`.
+        let largest_queries: Vec<f64> = query_ranges
+            .iter()
+            .map(|&(lo, hi)| lo.abs().max(hi.abs()))
+            .collect();
+        let largest_scaled: Vec<f64> = ranges
+            .iter()
+            .map(|&(lo, hi)| signal.abs() * lo.abs().max(hi.abs()))
+            .collect();
+        let norm_steps = height * width * query_ranges.len() as f64 + 3.0;
+        let spectral_error = 2.0
+            * spectral::cross_term_error(&plan, &largest_queries, &largest_scaled)
+            + largest_cross * norm_steps * f64::EPSILON;
+        let spectral = beta * spectral_error <= T::SLIDING_EXPONENT_ERROR;
 
         if plan.global {
             let query = x.as_slice();
@@ -354,6 +371,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 signal,
                 beta,
                 cross,
+                spectral,
             };
             return Ok(self.stream_f32(&plan, images, query, kernel, &rows, class));
         }
@@ -565,7 +583,43 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 return posterior;
             }
         }
+        if kernel.spectral
+            && let Some(spectral) = spectral::SpectralPlan::new(plan).filter(|s| s.pays(plan))
+        {
+            return self.stream_spectral(plan, &spectral, images, query, kernel, rows);
+        }
         self.stream_lanes(plan, images, query, kernel, rows)
+    }
+
+    /// Cross terms by Fourier transforms, see [`spectral`].
+    fn stream_spectral(
+        &self,
+        plan: &Plan,
+        spectral: &spectral::SpectralPlan,
+        images: &[f32],
+        query: &[f32],
+        kernel: LaneKernel,
+        rows: &[usize],
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let job = spectral::SpectralJob {
+            plan,
+            spectral,
+            signal: kernel.signal,
+            beta: kernel.beta,
+        };
+        let len = shape.len();
+        let chunk = |rows: &[usize]| {
+            let mut posterior = PartialPosterior::new(shape, kernel.beta);
+            let mut scratch = job.scratch(query);
+            job.run(
+                rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
+                &mut scratch,
+                &mut posterior,
+            );
+            posterior
+        };
+        self.reduce(rows, fast::chunk_len(rows.len()), kernel.beta, chunk)
     }
 
     /// Eight candidates at a time, see [`fast`].
@@ -583,6 +637,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             signal,
             beta,
             cross,
+            ..
         } = kernel;
         let job = fast::LaneJob {
             plan,
@@ -717,6 +772,8 @@ struct LaneKernel {
     beta: f64,
     /// Whether distances may be expanded into norms and cross terms.
     cross: bool,
+    /// Whether the cross terms may be computed by Fourier transforms.
+    spectral: bool,
 }
 
 /// Per channel, the smallest and largest value of `x`.

@@ -1,0 +1,613 @@
+//! Cross terms by Fourier transforms, for query windows that wrap.
+//!
+//! With a periodic boundary the query window of output pixel `x` wraps
+//! around the image, so for one candidate centre `y` the cross term
+//!
+//! ```text
+//! C(x, y) = sum_c sum_o q(c, (x + o) mod (H, W)) a p(c, y + o)
+//! ```
+//!
+//! is, as a function of `x`, a circular convolution of the query with the
+//! candidate window turned around:
+//!
+//! ```text
+//! C(., y) = sum_c q_c (*) K_c,    K_c((-o) mod (H, W)) += a p(c, y + o)
+//! ```
+//!
+//! (offsets that meet modulo the image, in windows wider than it, add up).
+//! One forward transform of `K_c` per channel, a product with the query's
+//! transform and one inverse transform give `C(x, y)` for every output
+//! pixel at once. Two training images share each complex transform, one as
+//! its real part and one as its imaginary part: as the query is real, the
+//! real part of the result is the first image's cross terms and the
+//! imaginary part the second's. The cost per comparison is about
+//! `log2(H W)` multiply-adds whatever the window, where the sliding sums
+//! of [`super::fast`] pay a number that grows with it once few centres
+//! remain (about 209 at k = 27 on 28x28 images): this route serves the
+//! large windows of ELS, where each output pixel has only a few interior
+//! candidate centres. The distances are then `d = Q(x) + A(y) - 2 C(x, y)`
+//! with `Q` and `A` the squared window norms summed directly, and go
+//! through the same streaming softmax as the lanes ([`fast::add_centre`]).
+//!
+//! Everything is `f64` until the softmax. The rounding of the transforms
+//! is bounded by [`cross_term_error`], which the caller checks against the
+//! exponent budget before choosing this route.
+
+use std::sync::Arc;
+
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
+
+use super::fast::{self, FOLD_EVERY, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
+use super::plan::{AxisPlan, Plan};
+use super::posterior::PartialPosterior;
+use crate::equivariance::Boundary;
+
+type C64 = Complex<f64>;
+
+/// One candidate centre and the output pixels that take it.
+struct Centre {
+    row: usize,
+    col: usize,
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+}
+
+/// What the Fourier route needs of a [`Plan`]: its candidate centres and
+/// the transforms of the image's size.
+pub(crate) struct SpectralPlan {
+    centres: Vec<Centre>,
+    /// Per window row `i` (column `j`), the row (column) of the turned
+    /// window it lands on: `(up - i) mod H` (`(left - j) mod W`).
+    row_targets: Vec<usize>,
+    col_targets: Vec<usize>,
+    /// Per centre row `y` (column) and window row `i` (column `j`), the
+    /// image row (column) the window reads, `(y + i - up) mod H`: windows
+    /// of periodic plans wrap around the training image.
+    row_sources: Vec<Vec<usize>>,
+    col_sources: Vec<Vec<usize>>,
+    /// The rows of the turned window that receive a value.
+    touched_rows: Vec<usize>,
+    forward_rows: Arc<dyn Fft<f64>>,
+    forward_cols: Arc<dyn Fft<f64>>,
+    inverse_rows: Arc<dyn Fft<f64>>,
+    inverse_cols: Arc<dyn Fft<f64>>,
+    /// Groups of eight images between folds of the lane states, and, when
+    /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
+    /// between folds.
+    fold_every: usize,
+    fold_centres: Option<usize>,
+}
+
+/// The cost of the transforms per centre, output pixel and `log2(H W)`,
+/// in lane cross terms (see [`SpectralPlan::pays`]).
+///
+/// Calibrated on 28x28 MNIST digits (ELS, 1,000 images, two cores): the
+/// transforms ran 0.87 times as fast as the lanes at k = 21 (where lane
+/// cross terms are 1.8 times `centres H W log2(H W)`), 1.26 times as fast
+/// at k = 23 (2.9), 2.1 times at k = 25 (6.1) and 5.2 times at k = 27
+/// (21.8), so they take over from a ratio of 2.
+const TRANSFORM_COST: f64 = 2.0;
+
+/// For each coordinate of an axis, the output coordinates whose candidate
+/// centres include it.
+fn takers(axis: &AxisPlan, len: usize) -> Vec<Vec<usize>> {
+    let mut takers = vec![Vec::new(); len];
+    for shift in &axis.shifts {
+        for &q in &shift.queries {
+            takers[(q as isize + shift.delta) as usize].push(q);
+        }
+    }
+    for list in &mut takers {
+        list.sort_unstable();
+    }
+    takers
+}
+
+impl SpectralPlan {
+    /// The Fourier route for `plan`, if its query windows wrap (a periodic
+    /// boundary) and its windows are uniform.
+    pub fn new(plan: &Plan) -> Option<Self> {
+        if plan.boundary != Boundary::Periodic || !plan.patch.is_uniform() {
+            return None;
+        }
+        let shape = plan.shape;
+        let (height, width) = (shape.height, shape.width);
+        let row_takers = takers(&plan.rows, height);
+        let col_takers = takers(&plan.cols, width);
+        let mut centres = Vec::new();
+        for (row, rows) in row_takers.iter().enumerate() {
+            for (col, cols) in col_takers.iter().enumerate() {
+                if !rows.is_empty() && !cols.is_empty() {
+                    centres.push(Centre {
+                        row,
+                        col,
+                        rows: rows.clone(),
+                        cols: cols.clone(),
+                    });
+                }
+            }
+        }
+        let (up, left) = (plan.patch.up() as isize, plan.patch.left() as isize);
+        let row_targets: Vec<usize> = (0..plan.patch.height())
+            .map(|i| (up - i as isize).rem_euclid(height as isize) as usize)
+            .collect();
+        let col_targets: Vec<usize> = (0..plan.patch.width())
+            .map(|j| (left - j as isize).rem_euclid(width as isize) as usize)
+            .collect();
+        let sources = |len: usize, before: isize, side: usize| -> Vec<Vec<usize>> {
+            (0..len)
+                .map(|y| {
+                    (0..side)
+                        .map(|i| {
+                            (y as isize + i as isize - before).rem_euclid(len as isize) as usize
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let row_sources = sources(height, up, plan.patch.height());
+        let col_sources = sources(width, left, plan.patch.width());
+        let mut touched_rows = row_targets.clone();
+        touched_rows.sort_unstable();
+        touched_rows.dedup();
+        let mut planner = FftPlanner::<f64>::new();
+        let most = row_takers.iter().map(Vec::len).max().unwrap_or(0).max(1)
+            * col_takers.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        Some(SpectralPlan {
+            centres,
+            row_targets,
+            col_targets,
+            row_sources,
+            col_sources,
+            touched_rows,
+            forward_rows: planner.plan_fft_forward(width),
+            forward_cols: planner.plan_fft_forward(height),
+            inverse_rows: planner.plan_fft_inverse(width),
+            inverse_cols: planner.plan_fft_inverse(height),
+            fold_every: (FOLD_TERMS / most).clamp(1, FOLD_EVERY),
+            fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
+        })
+    }
+
+    /// Whether the transforms cost less than the sliding sums of the
+    /// lanes for `plan`: the lanes pay `(n_r + h - 1)(n_c + w - 1)` cross
+    /// terms for a displacement that serves `n_r x n_c` output pixels, the
+    /// transforms about `H W log2(H W)` operations per centre and pair of
+    /// images, whatever the window.
+    pub fn pays(&self, plan: &Plan) -> bool {
+        let (h, w) = (plan.patch.height(), plan.patch.width());
+        let lane_terms: usize = plan
+            .rows
+            .shifts
+            .iter()
+            .map(|r| r.span() + h - 1)
+            .sum::<usize>()
+            * plan
+                .cols
+                .shifts
+                .iter()
+                .map(|c| c.span() + w - 1)
+                .sum::<usize>();
+        let positions = plan.shape.positions() as f64;
+        let transform_terms = self.centres.len() as f64
+            * positions
+            * positions.log2()
+            * plan.shape.channels as f64
+            * TRANSFORM_COST;
+        transform_terms < lane_terms as f64
+    }
+}
+
+/// A bound on the rounding of `C(x, y)` computed by [`SpectralPlan`]'s
+/// transforms: `6 e (|q|_1 |K|_2 + |K|_1 |q|_2)` with `e = 8 eps (log2 H +
+/// log2 W + 4)`, a generous multiple of the classical bound `eps log2 n` on
+/// the relative 2-norm error of a fast Fourier transform of `n` values, and
+/// `K` the turned windows of two images packed into one transform, from
+/// the largest magnitudes of query and scaled training values per channel.
+pub(crate) fn cross_term_error(plan: &Plan, largest_query: &[f64], largest_scaled: &[f64]) -> f64 {
+    let shape = plan.shape;
+    let positions = shape.positions() as f64;
+    let window = (plan.patch.height() * plan.patch.width()) as f64;
+    let q1: f64 = largest_query.iter().map(|q| q * positions).sum();
+    let q2: f64 = largest_query
+        .iter()
+        .map(|q| q * q * positions)
+        .sum::<f64>()
+        .sqrt();
+    let k1: f64 = largest_scaled.iter().map(|p| 2.0 * p * window).sum();
+    let k2: f64 = largest_scaled
+        .iter()
+        .map(|p| 2.0 * p * p * window)
+        .sum::<f64>()
+        .sqrt();
+    let levels = (shape.height as f64).log2() + (shape.width as f64).log2() + 4.0;
+    6.0 * 8.0 * f64::EPSILON * levels * (q1 * k2 + k1 * q2)
+}
+
+/// Everything a worker needs that is shared by all training images.
+pub(crate) struct SpectralJob<'a> {
+    pub plan: &'a Plan,
+    pub spectral: &'a SpectralPlan,
+    pub signal: f64,
+    pub beta: f64,
+}
+
+/// Buffers of one worker.
+pub(crate) struct SpectralScratch {
+    /// Per channel, the transform of the query (transposed: `W x H`).
+    query: Vec<Vec<C64>>,
+    /// `Q(x)`, the squared norm of the query window at every output pixel.
+    query_norms: Vec<f64>,
+    /// The images of the current group times the signal scale.
+    scaled: Vec<Vec<f64>>,
+    /// The images of the current group, for the centre values.
+    group: Vec<Vec<f32>>,
+    filled: usize,
+    /// One image-sized plane and its transpose.
+    plane: Vec<C64>,
+    transposed: Vec<C64>,
+    product: Vec<C64>,
+    fft_scratch: Vec<C64>,
+    distances: Vec<WideLanes>,
+    state: LaneState,
+}
+
+/// Transposes the `rows x cols` matrix `from` into `to`.
+fn transpose(from: &[C64], to: &mut [C64], rows: usize, cols: usize) {
+    for (r, row) in from.chunks_exact(cols).enumerate() {
+        for (c, &value) in row.iter().enumerate() {
+            to[c * rows + r] = value;
+        }
+    }
+}
+
+impl SpectralJob<'_> {
+    pub fn scratch(&self, query: &[f32]) -> SpectralScratch {
+        let plan = self.plan;
+        let shape = plan.shape;
+        let (height, width) = (shape.height, shape.width);
+        let spectral = self.spectral;
+        let scratch_len = [
+            &spectral.forward_rows,
+            &spectral.forward_cols,
+            &spectral.inverse_rows,
+            &spectral.inverse_cols,
+        ]
+        .iter()
+        .map(|fft| fft.get_inplace_scratch_len())
+        .max()
+        .unwrap_or(0);
+        let mut fft_scratch = vec![C64::default(); scratch_len];
+        let mut plane = vec![C64::default(); height * width];
+        let query_spectra = query
+            .chunks_exact(height * width)
+            .map(|channel| {
+                for (z, &v) in plane.iter_mut().zip(channel) {
+                    *z = C64::new(v as f64, 0.0);
+                }
+                let mut transposed = vec![C64::default(); height * width];
+                spectral
+                    .forward_rows
+                    .process_with_scratch(&mut plane, &mut fft_scratch);
+                transpose(&plane, &mut transposed, height, width);
+                spectral
+                    .forward_cols
+                    .process_with_scratch(&mut transposed, &mut fft_scratch);
+                transposed
+            })
+            .collect();
+        let padded_query = plan.padded(query);
+        SpectralScratch {
+            query: query_spectra,
+            query_norms: fast::query_window_norms(plan, &padded_query),
+            scaled: vec![Vec::new(); LANES],
+            group: vec![Vec::new(); LANES],
+            filled: 0,
+            plane,
+            transposed: vec![C64::default(); height * width],
+            product: vec![C64::default(); height * width],
+            fft_scratch,
+            distances: vec![[0.0; LANES]; height * width],
+            state: LaneState::new(shape.positions(), shape.channels),
+        }
+    }
+
+    /// Adds the candidates of every image in `images` to `posterior`.
+    pub fn run<'i>(
+        &self,
+        images: impl Iterator<Item = &'i [f32]>,
+        scratch: &mut SpectralScratch,
+        posterior: &mut PartialPosterior,
+    ) {
+        let mut pending = 0;
+        for image in images {
+            let lane = scratch.filled;
+            let scaled = &mut scratch.scaled[lane];
+            scaled.clear();
+            scaled.extend(image.iter().map(|&v| self.signal * v as f64));
+            scratch.group[lane].clear();
+            scratch.group[lane].extend_from_slice(image);
+            scratch.filled += 1;
+            if scratch.filled == LANES {
+                self.flush(scratch, posterior);
+                pending += 1;
+                if pending == self.spectral.fold_every {
+                    scratch.state.fold_into(posterior, self.beta);
+                    pending = 0;
+                }
+            }
+        }
+        if scratch.filled > 0 {
+            self.flush(scratch, posterior);
+            pending += 1;
+        }
+        if pending > 0 {
+            scratch.state.fold_into(posterior, self.beta);
+        }
+    }
+
+    /// Adds every centre of the images of the current group.
+    fn flush(&self, scratch: &mut SpectralScratch, posterior: &mut PartialPosterior) {
+        let shape = self.plan.shape;
+        let spectral = self.spectral;
+        let filled = scratch.filled;
+        // Lanes without an image are no candidate anywhere.
+        for d in scratch.distances.iter_mut() {
+            d[filled..].fill(NOT_A_CANDIDATE);
+        }
+        let mut values = vec![[0.0f32; LANES]; shape.channels];
+        for (done, centre) in spectral.centres.iter().enumerate() {
+            if let Some(every) = spectral.fold_centres
+                && done > 0
+                && done % every == 0
+            {
+                scratch.state.fold_into(posterior, self.beta);
+            }
+            for pair in 0..filled.div_ceil(2) {
+                self.cross_terms(scratch, centre, [2 * pair, 2 * pair + 1]);
+            }
+            for (channel, lanes) in values.iter_mut().enumerate() {
+                let at = channel * shape.positions() + centre.row * shape.width + centre.col;
+                for (lane, v) in lanes[..filled].iter_mut().enumerate() {
+                    *v = scratch.group[lane][at];
+                }
+            }
+            fast::add_centre(
+                self.beta,
+                &scratch.distances,
+                (&centre.rows, &centre.cols, shape.width),
+                &values,
+                &mut scratch.state,
+            );
+        }
+        scratch.filled = 0;
+    }
+
+    /// Writes into `scratch.distances` the distances of lanes `lanes` (the
+    /// second may be past the group's images) to every output pixel for
+    /// `centre`.
+    fn cross_terms(&self, scratch: &mut SpectralScratch, centre: &Centre, lanes: [usize; 2]) {
+        let plan = self.plan;
+        let shape = plan.shape;
+        let (height, width) = (shape.height, shape.width);
+        let plane_len = height * width;
+        let spectral = self.spectral;
+        let SpectralScratch {
+            query,
+            query_norms,
+            scaled,
+            filled,
+            plane,
+            transposed,
+            product,
+            fft_scratch,
+            distances,
+            ..
+        } = scratch;
+        let second = lanes[1] < *filled;
+        let mut norms = [0.0; 2];
+        for (channel, query) in query.iter().enumerate() {
+            plane.fill(C64::default());
+            let first = &scaled[lanes[0]][channel * plane_len..][..plane_len];
+            let other = second.then(|| &scaled[lanes[1]][channel * plane_len..][..plane_len]);
+            let col_sources = &spectral.col_sources[centre.col];
+            let rows = spectral
+                .row_targets
+                .iter()
+                .zip(&spectral.row_sources[centre.row]);
+            for (&target_row, &source_row) in rows {
+                let first = &first[source_row * width..][..width];
+                let other = other.map(|p| &p[source_row * width..][..width]);
+                let out = &mut plane[target_row * width..][..width];
+                for (&target_col, &source_col) in spectral.col_targets.iter().zip(col_sources) {
+                    let re = first[source_col];
+                    let im = other.map_or(0.0, |p| p[source_col]);
+                    norms[0] += re * re;
+                    norms[1] += im * im;
+                    out[target_col] += C64::new(re, im);
+                }
+            }
+            for &row in &spectral.touched_rows {
+                spectral
+                    .forward_rows
+                    .process_with_scratch(&mut plane[row * width..][..width], fft_scratch);
+            }
+            transpose(plane, transposed, height, width);
+            spectral
+                .forward_cols
+                .process_with_scratch(transposed, fft_scratch);
+            if channel == 0 {
+                for ((p, k), q) in product.iter_mut().zip(transposed.iter()).zip(query) {
+                    *p = k * q;
+                }
+            } else {
+                for ((p, k), q) in product.iter_mut().zip(transposed.iter()).zip(query) {
+                    *p += k * q;
+                }
+            }
+        }
+        spectral
+            .inverse_cols
+            .process_with_scratch(product, fft_scratch);
+        transpose(product, plane, width, height);
+        spectral
+            .inverse_rows
+            .process_with_scratch(plane, fft_scratch);
+        // d = Q + A - 2 C, with the transforms' factor H W taken out of C.
+        let scale = 2.0 / shape.positions() as f64;
+        for ((d, c), &q) in distances
+            .iter_mut()
+            .zip(plane.iter())
+            .zip(query_norms.iter())
+        {
+            d[lanes[0]] = q + norms[0] - scale * c.re;
+            if second {
+                d[lanes[1]] = q + norms[1] - scale * c.im;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::equivariance::{Equivariance, PeriodicFull, PeriodicInterior, ZeroPadded};
+    use crate::image::{Image, Shape};
+    use crate::locality::{Locality, Patch, SquarePatch};
+    use crate::machine::Machine;
+    use crate::schedule::LegacyCosine;
+    use crate::score::ScoreFunction;
+    use crate::training::TrainingSet;
+
+    fn plan(shape: Shape, patch: &Patch, equivariance: &dyn Equivariance) -> Plan {
+        Plan::new(
+            shape,
+            &crate::locality::Window::Patch(patch.clone()),
+            equivariance,
+        )
+        .unwrap()
+    }
+
+    fn square(side: usize) -> Patch {
+        let r = side / 2;
+        Patch::offsets(r, r, r, r)
+    }
+
+    #[test]
+    fn transforms_serve_large_windows_whose_query_wraps() {
+        let mnist = Shape::new(1, 28, 28).unwrap();
+        let route = |side: usize, equivariance: &dyn Equivariance| {
+            let plan = plan(mnist, &square(side), equivariance);
+            SpectralPlan::new(&plan).is_some_and(|s| s.pays(&plan))
+        };
+        assert!(route(27, &PeriodicInterior));
+        assert!(route(23, &PeriodicInterior));
+        assert!(!route(21, &PeriodicInterior));
+        assert!(!route(7, &PeriodicInterior));
+        assert!(!route(27, &ZeroPadded));
+    }
+
+    /// Seeded values in `[-1, 1)`.
+    fn values(count: usize, seed: u64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    /// The `f32` machine takes the transforms (checked) and agrees with the
+    /// `f64` machine, whose kernel sums distances in the pixel domain.
+    fn agrees<E, L>(shape: Shape, images: usize, locality: L, equivariance: E, seed: u64)
+    where
+        E: Equivariance + Clone + 'static,
+        L: Locality + Clone + 'static,
+    {
+        let pixels = values(images * shape.len(), seed);
+        let wide = TrainingSet::new(shape, pixels.clone(), None).unwrap();
+        let narrow_pixels: Vec<f32> = pixels.iter().map(|&v| v as f32).collect();
+        let narrow = TrainingSet::new(shape, narrow_pixels, None).unwrap();
+        let exact =
+            Machine::new(wide, LegacyCosine, locality.clone(), equivariance.clone()).unwrap();
+        let fast =
+            Machine::new(narrow, LegacyCosine, locality.clone(), equivariance.clone()).unwrap();
+        for (i, t) in [0.2, 0.5, 0.9].into_iter().enumerate() {
+            let crate::locality::Window::Patch(patch) = locality.window(t) else {
+                panic!("a patch locality")
+            };
+            let plan = plan(shape, &patch, &equivariance);
+            let spectral = SpectralPlan::new(&plan).expect("a periodic plan");
+            assert!(
+                spectral.pays(&plan),
+                "{shape} {patch:?}: the transforms are chosen"
+            );
+            let query: Vec<f64> = values(shape.len(), seed + 100 + i as u64);
+            let x64 = Image::from_vec(shape, query.clone()).unwrap();
+            let x32 = Image::from_vec(shape, query.iter().map(|&v| v as f32).collect()).unwrap();
+            let want = exact.x0_hat(&x64, t, None).unwrap();
+            let got = fast.x0_hat(&x32, t, None).unwrap();
+            for (g, w) in got.as_slice().iter().zip(want.as_slice()) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{shape} t={t}: {g} against {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn transforms_agree_with_the_f64_kernel() {
+        // A window one pixel short of the image (4 centres), with and
+        // without a partial last group of eight images.
+        agrees(
+            Shape::new(1, 8, 8).unwrap(),
+            21,
+            SquarePatch::new(7).unwrap(),
+            PeriodicInterior,
+            1,
+        );
+        agrees(
+            Shape::new(1, 8, 8).unwrap(),
+            3,
+            SquarePatch::new(7).unwrap(),
+            PeriodicInterior,
+            2,
+        );
+        // Rectangular images of several channels (sizes 7 and 11 are prime).
+        agrees(
+            Shape::new(3, 7, 11).unwrap(),
+            10,
+            Patch::offsets(3, 3, 4, 5),
+            PeriodicInterior,
+            3,
+        );
+        agrees(
+            Shape::new(2, 13, 13).unwrap(),
+            9,
+            SquarePatch::new(13).unwrap(),
+            PeriodicInterior,
+            4,
+        );
+        // An asymmetric window.
+        agrees(
+            Shape::new(1, 9, 10).unwrap(),
+            17,
+            Patch::offsets(5, 2, 3, 5),
+            PeriodicInterior,
+            5,
+        );
+        // Windows that wrap around the image more than once.
+        agrees(
+            Shape::new(1, 4, 5).unwrap(),
+            12,
+            SquarePatch::new(9).unwrap(),
+            PeriodicFull,
+            6,
+        );
+    }
+}
