@@ -996,14 +996,8 @@ fn run_image_lanes<'i, V: Vector>(
     let mut clock = FoldClock::new(job);
     for image in images {
         plan.pad_into(image, &mut scratch.padded, extended, job.lanes.margin);
-        for (slot, &value) in scratch
-            .image
-            .iter_mut()
-            .skip(filled)
-            .step_by(LANES)
-            .zip(&scratch.padded)
-        {
-            *slot = value;
+        for (lanes, &value) in scratch.image.chunks_exact_mut(LANES).zip(&scratch.padded) {
+            lanes[filled] = value;
         }
         filled += 1;
         if filled == LANES {
@@ -1017,10 +1011,8 @@ fn run_image_lanes<'i, V: Vector>(
         }
     }
     if filled > 0 {
-        for lane in filled..LANES {
-            for slot in scratch.image.iter_mut().skip(lane).step_by(LANES) {
-                *slot = 0.0;
-            }
+        for lanes in scratch.image.chunks_exact_mut(LANES) {
+            lanes[filled..].fill(0.0);
         }
         flush_image_lanes::<V>(job, scratch, filled, &mut clock, posterior);
         pending += 1;

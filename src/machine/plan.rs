@@ -294,17 +294,34 @@ impl Plan {
                     continue;
                 };
                 let source = &plane[source_row * width..(source_row + 1) * width];
-                for (j, o) in out_row.iter_mut().enumerate() {
-                    let col = j as isize - left;
-                    *o = match self.boundary {
-                        Boundary::Periodic => {
-                            U::narrow(source[col.rem_euclid(width as isize) as usize].widen())
+                match self.boundary {
+                    // Runs of whole source rows, the first starting at
+                    // column `-left mod width`.
+                    Boundary::Periodic => {
+                        let mut col = (-left).rem_euclid(width as isize) as usize;
+                        let mut rest = &mut out_row[..];
+                        while !rest.is_empty() {
+                            let run = (width - col).min(rest.len());
+                            let (head, tail) = rest.split_at_mut(run);
+                            for (o, &v) in head.iter_mut().zip(&source[col..col + run]) {
+                                *o = U::narrow(v.widen());
+                            }
+                            rest = tail;
+                            col = 0;
                         }
-                        Boundary::Zero if (0..width as isize).contains(&col) => {
-                            U::narrow(source[col as usize].widen())
+                    }
+                    // Zeros, the row (cropped windows never reach past it
+                    // by more than the padding), zeros.
+                    Boundary::Zero => {
+                        let left = left as usize;
+                        let (before, row) = out_row.split_at_mut(left.min(pw));
+                        before.fill(U::zero());
+                        let copied = width.min(row.len());
+                        for (o, &v) in row[..copied].iter_mut().zip(source) {
+                            *o = U::narrow(v.widen());
                         }
-                        Boundary::Zero => U::zero(),
-                    };
+                        row[copied..].fill(U::zero());
+                    }
                 }
             }
         }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
-use super::fast::{self, FOLD_EVERY, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
+use super::fast::{self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
 use super::plan::{AxisPlan, Plan};
 use super::posterior::PartialPosterior;
 use crate::equivariance::Boundary;
@@ -165,7 +165,7 @@ impl SpectralPlan {
             forward_cols: planner.plan_fft_forward(height),
             inverse_rows: planner.plan_fft_inverse(width),
             inverse_cols: planner.plan_fft_inverse(height),
-            fold_every: (FOLD_TERMS / most).clamp(1, FOLD_EVERY),
+            fold_every: (FOLD_TERMS / most).max(1),
             fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
         })
     }
