@@ -819,17 +819,40 @@ fn largest_residual(
 fn channel_ranges<T: Real>(training: &TrainingSet<T>, rows: &[usize]) -> Vec<(f64, f64)> {
     let shape = training.shape();
     let plane = shape.positions();
-    let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); shape.channels];
+    // Eight running extremes per channel, so that the comparisons
+    // vectorise (the values are finite: `TrainingSet::new` checks).
+    const WAYS: usize = 8;
+    let mut lows = vec![[f64::INFINITY; WAYS]; shape.channels];
+    let mut highs = vec![[f64::NEG_INFINITY; WAYS]; shape.channels];
     for &row in rows {
-        for (channel, values) in training.image(row).chunks(plane).enumerate() {
-            let range = &mut ranges[channel];
-            for v in values {
-                range.0 = range.0.min(v.widen());
-                range.1 = range.1.max(v.widen());
+        for ((values, low), high) in training
+            .image(row)
+            .chunks(plane)
+            .zip(&mut lows)
+            .zip(&mut highs)
+        {
+            let mut chunks = values.chunks_exact(WAYS);
+            for chunk in &mut chunks {
+                for ((v, lo), hi) in chunk.iter().zip(low.iter_mut()).zip(high.iter_mut()) {
+                    let v = v.widen();
+                    *lo = if v < *lo { v } else { *lo };
+                    *hi = if v > *hi { v } else { *hi };
+                }
+            }
+            for (v, (lo, hi)) in chunks.remainder().iter().zip(low.iter_mut().zip(high)) {
+                *lo = lo.min(v.widen());
+                *hi = hi.max(v.widen());
             }
         }
     }
-    ranges
+    lows.iter()
+        .zip(&highs)
+        .map(|(low, high)| {
+            let lo = low.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = high.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        })
+        .collect()
 }
 
 impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> ScoreFunction<T>
