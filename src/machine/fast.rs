@@ -114,7 +114,7 @@ pub(crate) const FOLD_TERMS: usize = 1024;
 
 /// The most candidates any output pixel of `plan` has in one image, along
 /// the rows and along the columns (their product is the most in all).
-fn most_candidates(plan: &Plan) -> (usize, usize) {
+pub(crate) fn most_candidates(plan: &Plan) -> (usize, usize) {
     let most = |axis: &super::plan::AxisPlan, len: usize| {
         let mut count = vec![0usize; len];
         for shift in &axis.shifts {

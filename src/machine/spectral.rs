@@ -152,8 +152,9 @@ impl SpectralPlan {
         touched_rows.sort_unstable();
         touched_rows.dedup();
         let mut planner = FftPlanner::<f64>::new();
-        let most = row_takers.iter().map(Vec::len).max().unwrap_or(0).max(1)
-            * col_takers.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        // The most centres any output pixel takes from one image.
+        let (most_rows, most_cols) = fast::most_candidates(plan);
+        let most = most_rows * most_cols;
         Some(SpectralPlan {
             centres,
             row_targets,
@@ -555,6 +556,43 @@ mod tests {
                 assert!(
                     (*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0),
                     "{shape} t={t}: {g} against {w}"
+                );
+            }
+        }
+    }
+
+    /// Folding the lanes after every centre (as images with more than
+    /// [`FOLD_TERMS`] centres per pixel do) or after every group gives the
+    /// same posterior as folding once.
+    #[test]
+    fn folds_within_a_group_change_nothing() {
+        let shape = Shape::new(1, 8, 8).unwrap();
+        let plan = plan(shape, &square(7), &PeriodicInterior);
+        let images: Vec<f32> = values(20 * 64, 7).iter().map(|&v| v as f32).collect();
+        let query: Vec<f32> = values(64, 8).iter().map(|&v| v as f32).collect();
+        let evaluate = |fold_every: usize, fold_centres: Option<usize>| {
+            let mut spectral = SpectralPlan::new(&plan).unwrap();
+            spectral.fold_every = fold_every;
+            spectral.fold_centres = fold_centres;
+            let job = SpectralJob {
+                plan: &plan,
+                spectral: &spectral,
+                signal: 0.8,
+                beta: 3.0,
+            };
+            let mut scratch = job.scratch(&query);
+            let mut posterior = PartialPosterior::new(shape, 3.0);
+            job.run(images.chunks_exact(64), &mut scratch, &mut posterior);
+            posterior.to_image::<f64>().unwrap()
+        };
+        let once = evaluate(100, None);
+        assert_eq!(SpectralPlan::new(&plan).unwrap().fold_every, FOLD_TERMS / 4);
+        for (every, centres) in [(1, None), (1, Some(1)), (2, Some(3))] {
+            let folded = evaluate(every, centres);
+            for (a, b) in folded.as_slice().iter().zip(once.as_slice()) {
+                assert!(
+                    (a - b).abs() <= 1e-6,
+                    "{every} {centres:?}: {a} against {b}"
                 );
             }
         }
