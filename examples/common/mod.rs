@@ -29,35 +29,42 @@ pub fn check_output(out: &Path) -> Result<(), String> {
         Ok(metadata) if !metadata.is_file() => {
             Err(format!("--out {shown} exists and is not a regular file"))
         }
-        Ok(_) => OpenOptions::new()
-            .append(true)
-            .open(out)
-            .map(drop)
-            .map_err(|e| format!("--out {shown} cannot be written: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let folder = match out.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => Path::new("."),
-            };
-            if !folder.is_dir() {
-                return Err(format!(
-                    "--out {shown}: the folder {} does not exist",
-                    folder.display()
-                ));
-            }
-            // Another process may create or remove the file meanwhile
-            // (parallel runs with the same --out): that is no error here.
-            match OpenOptions::new().write(true).create_new(true).open(out) {
-                Ok(_) => match std::fs::remove_file(out) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(format!("--out {shown}: {e}"))
-                    }
-                    _ => Ok(()),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(format!("--out {shown} cannot be created: {e}")),
-            }
-        }
+        Ok(_) => match OpenOptions::new().append(true).open(out) {
+            Ok(_) => Ok(()),
+            // Removed meanwhile (by the check of a parallel run with the
+            // same --out): as if it had not existed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => check_creatable(out),
+            Err(e) => Err(format!("--out {shown} cannot be written: {e}")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => check_creatable(out),
         Err(e) => Err(format!("--out {shown}: {e}")),
+    }
+}
+
+/// Checks that `out`, which did not exist, can be created in its folder.
+#[allow(dead_code)] // `score` writes no grid.
+fn check_creatable(out: &Path) -> Result<(), String> {
+    let shown = out.display();
+    let folder = match out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "--out {shown}: the folder {} does not exist",
+            folder.display()
+        ));
+    }
+    // Another process may create or remove the file meanwhile (parallel
+    // runs with the same --out): that is no error here.
+    match OpenOptions::new().write(true).create_new(true).open(out) {
+        Ok(_) => match std::fs::remove_file(out) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("--out {shown}: {e}"))
+            }
+            _ => Ok(()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("--out {shown} cannot be created: {e}")),
     }
 }
