@@ -66,8 +66,9 @@ pub(crate) struct SpectralPlan {
     /// of periodic plans wrap around the training image.
     row_sources: Vec<Vec<usize>>,
     col_sources: Vec<Vec<usize>>,
-    /// The rows of the turned window that receive a value.
-    touched_rows: Vec<usize>,
+    /// The rows of the turned window that receive a value, as runs of
+    /// consecutive rows (transformed in one call each).
+    touched_rows: Vec<std::ops::Range<usize>>,
     forward_rows: Arc<dyn Fft<f64>>,
     forward_cols: Arc<dyn Fft<f64>>,
     inverse_rows: Arc<dyn Fft<f64>>,
@@ -148,9 +149,16 @@ impl SpectralPlan {
         };
         let row_sources = sources(height, up, plan.patch.height());
         let col_sources = sources(width, left, plan.patch.width());
-        let mut touched_rows = row_targets.clone();
-        touched_rows.sort_unstable();
-        touched_rows.dedup();
+        let mut rows = row_targets.clone();
+        rows.sort_unstable();
+        rows.dedup();
+        let mut touched_rows: Vec<std::ops::Range<usize>> = Vec::new();
+        for row in rows {
+            match touched_rows.last_mut() {
+                Some(run) if run.end == row => run.end += 1,
+                _ => touched_rows.push(row..row + 1),
+            }
+        }
         let mut planner = FftPlanner::<f64>::new();
         // The most centres any output pixel takes from one image.
         let (most_rows, most_cols) = fast::most_candidates(plan);
@@ -411,7 +419,13 @@ impl SpectralJob<'_> {
         for (channel, query) in query.iter().enumerate() {
             plane.fill(C64::default());
             let first = &scaled[lanes[0]][channel * plane_len..][..plane_len];
-            let other = second.then(|| &scaled[lanes[1]][channel * plane_len..][..plane_len]);
+            // Without a second image the first fills the imaginary part
+            // too: the real part of the result does not depend on it.
+            let other = if second {
+                &scaled[lanes[1]][channel * plane_len..][..plane_len]
+            } else {
+                first
+            };
             let col_sources = &spectral.col_sources[centre.col];
             let rows = spectral
                 .row_targets
@@ -419,20 +433,20 @@ impl SpectralJob<'_> {
                 .zip(&spectral.row_sources[centre.row]);
             for (&target_row, &source_row) in rows {
                 let first = &first[source_row * width..][..width];
-                let other = other.map(|p| &p[source_row * width..][..width]);
+                let other = &other[source_row * width..][..width];
                 let out = &mut plane[target_row * width..][..width];
                 for (&target_col, &source_col) in spectral.col_targets.iter().zip(col_sources) {
-                    let re = first[source_col];
-                    let im = other.map_or(0.0, |p| p[source_col]);
+                    let (re, im) = (first[source_col], other[source_col]);
                     norms[0] += re * re;
                     norms[1] += im * im;
                     out[target_col] += C64::new(re, im);
                 }
             }
-            for &row in &spectral.touched_rows {
-                spectral
-                    .forward_rows
-                    .process_with_scratch(&mut plane[row * width..][..width], fft_scratch);
+            for rows in &spectral.touched_rows {
+                spectral.forward_rows.process_with_scratch(
+                    &mut plane[rows.start * width..rows.end * width],
+                    fft_scratch,
+                );
             }
             transpose(plane, transposed, height, width);
             spectral
@@ -455,6 +469,7 @@ impl SpectralJob<'_> {
         spectral
             .inverse_rows
             .process_with_scratch(plane, fft_scratch);
+        let [norm_first, norm_second] = norms;
         // d = Q + A - 2 C, with the transforms' factor H W taken out of C.
         let scale = 2.0 / shape.positions() as f64;
         for ((d, c), &q) in distances
@@ -462,9 +477,9 @@ impl SpectralJob<'_> {
             .zip(plane.iter())
             .zip(query_norms.iter())
         {
-            d[lanes[0]] = q + norms[0] - scale * c.re;
+            d[lanes[0]] = q + norm_first - scale * c.re;
             if second {
-                d[lanes[1]] = q + norms[1] - scale * c.im;
+                d[lanes[1]] = q + norm_second - scale * c.im;
             }
         }
     }
