@@ -509,7 +509,9 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
 
     /// The `f32` path. Output pixels that share a candidate set of small,
     /// often repeated windows compare each distinct window once (see
-    /// [`distinct`]); the others take eight candidates at a time (see
+    /// [`distinct`]); large windows whose query wraps take their cross
+    /// terms from Fourier transforms where that costs less (see
+    /// [`spectral`]); the others take eight candidates at a time (see
     /// [`fast`]).
     fn stream_f32(
         &self,
