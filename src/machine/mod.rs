@@ -586,7 +586,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             }
         }
         if kernel.spectral
-            && let Some(spectral) = spectral::SpectralPlan::new(plan).filter(|s| s.pays(plan))
+            && spectral::pays(plan)
+            && let Some(spectral) = spectral::SpectralPlan::new(plan)
         {
             return self.stream_spectral(plan, &spectral, images, query, kernel, rows);
         }
