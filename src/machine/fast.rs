@@ -400,6 +400,10 @@ pub(crate) struct LaneScratch {
     padded: Vec<f32>,
     /// The extended padded training image, or eight of them interleaved.
     image: Vec<f32>,
+    /// With image lanes and zero padding: where each row of each channel
+    /// of the image starts in an extended padded plane. Only these rows
+    /// are written and scaled; the padding around them stays zero.
+    image_rows: Option<Vec<usize>>,
     /// The same times the signal scale `a`, widened.
     scaled: Vec<f64>,
     /// Residuals of one row.
@@ -426,11 +430,22 @@ pub(crate) struct LaneScratch {
 }
 
 impl LaneScratch {
-    /// `scaled = a * image`, widened.
+    /// `scaled = a * image`, widened (with zero padding, on the image's
+    /// rows only: the padding is zero in both).
     #[inline(always)]
-    fn scale_image(&mut self, signal: f64) {
-        for (scaled, &value) in self.scaled.iter_mut().zip(&self.image) {
-            *scaled = signal * value as f64;
+    fn scale_image(&mut self, signal: f64, width: usize) {
+        let Some(rows) = &self.image_rows else {
+            for (scaled, &value) in self.scaled.iter_mut().zip(&self.image) {
+                *scaled = signal * value as f64;
+            }
+            return;
+        };
+        for &start in rows {
+            let span = start * LANES..(start + width) * LANES;
+            let values = &self.image[span.clone()];
+            for (scaled, &value) in self.scaled[span].iter_mut().zip(values) {
+                *scaled = signal * value as f64;
+            }
         }
     }
 }
@@ -464,6 +479,7 @@ impl LaneJob<'_> {
         LaneScratch {
             query,
             padded: vec![0.0; plane_len],
+            image_rows: self.image_rows(),
             image: vec![0.0; image_len],
             scaled: vec![0.0; image_len],
             residual: Vec::new(),
@@ -475,6 +491,28 @@ impl LaneJob<'_> {
             norm_rows: Vec::new(),
             state: LaneState::new(plan.shape.positions(), plan.shape.channels),
         }
+    }
+
+    /// With image lanes and zero padding, where each row of each channel
+    /// of a training image starts in an extended padded plane (see
+    /// [`LaneScratch::image_rows`]).
+    fn image_rows(&self) -> Option<Vec<usize>> {
+        let plan = self.plan;
+        if !self.lanes.image_lanes || plan.boundary != crate::equivariance::Boundary::Zero {
+            return None;
+        }
+        let extended = self.lanes.extended_width(plan);
+        let shape = plan.shape;
+        let left = self.lanes.margin + plan.patch.left();
+        Some(
+            (0..shape.channels)
+                .flat_map(|c| {
+                    (0..shape.height).map(move |r| {
+                        (c * plan.padded_height + plan.patch.up() + r) * extended + left
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// Whether the distances are expanded as
@@ -961,7 +999,7 @@ fn run_with<'i, V: Vector>(
     let mut clock = FoldClock::new(job);
     for image in images {
         plan.pad_into(image, &mut scratch.image, extended, job.lanes.margin);
-        scratch.scale_image(job.signal);
+        scratch.scale_image(job.signal, plan.shape.width);
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
                 displacement_block::<V, 1>(job, rows, block, scratch);
@@ -994,10 +1032,22 @@ fn run_image_lanes<'i, V: Vector>(
     let mut pending = 0;
     let mut filled = 0;
     let mut clock = FoldClock::new(job);
+    let width = plan.shape.width;
     for image in images {
-        plan.pad_into(image, &mut scratch.padded, extended, job.lanes.margin);
-        for (lanes, &value) in scratch.image.chunks_exact_mut(LANES).zip(&scratch.padded) {
-            lanes[filled] = value;
+        if let Some(rows) = &scratch.image_rows {
+            // Zero padding: only the image's own rows change.
+            for (row, &start) in image.chunks_exact(width).zip(rows) {
+                let lanes =
+                    scratch.image[start * LANES..(start + width) * LANES].chunks_exact_mut(LANES);
+                for (lanes, &value) in lanes.zip(row) {
+                    lanes[filled] = value;
+                }
+            }
+        } else {
+            plan.pad_into(image, &mut scratch.padded, extended, job.lanes.margin);
+            for (lanes, &value) in scratch.image.chunks_exact_mut(LANES).zip(&scratch.padded) {
+                lanes[filled] = value;
+            }
         }
         filled += 1;
         if filled == LANES {
@@ -1067,7 +1117,7 @@ fn flush_image_lanes<V: Vector>(
     if job.uses_cross_terms() {
         // `scaled = 2 a p`, so that the window sums of `q scaled` are `2 C`;
         // empty lanes get the window norm NOT_A_CANDIDATE.
-        scratch.scale_image(2.0 * job.signal);
+        scratch.scale_image(2.0 * job.signal, job.plan.shape.width);
         window_norms::<V>(job, scratch, filled);
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
@@ -1077,7 +1127,7 @@ fn flush_image_lanes<V: Vector>(
         }
         return;
     }
-    scratch.scale_image(job.signal);
+    scratch.scale_image(job.signal, job.plan.shape.width);
     if filled == LANES {
         for rows in &job.lanes.rows {
             for block in &job.lanes.blocks {
