@@ -396,7 +396,7 @@ fn lower_reference(
 pub(crate) struct LaneScratch {
     /// The padded query, widened.
     query: Vec<f64>,
-    /// One padded training image.
+    /// One padded training image (empty where `image_rows` is set).
     padded: Vec<f32>,
     /// The extended padded training image, or eight of them interleaved.
     image: Vec<f32>,
@@ -471,6 +471,9 @@ impl LaneJob<'_> {
         let plane_len = plan.padded_height * extended * plan.shape.channels;
         let image_len = plane_len * self.lanes.column_stride();
         let query: Vec<f64> = padded_query.iter().map(|&v| v as f64).collect();
+        // Zero padding with image lanes writes the images' rows straight
+        // into the lanes and needs no padded copy.
+        let image_rows = self.image_rows();
         let query_norms = if self.uses_cross_terms() {
             query_window_norms(plan, &query)
         } else {
@@ -478,8 +481,12 @@ impl LaneJob<'_> {
         };
         LaneScratch {
             query,
-            padded: vec![0.0; plane_len],
-            image_rows: self.image_rows(),
+            padded: if image_rows.is_some() {
+                Vec::new()
+            } else {
+                vec![0.0; plane_len]
+            },
+            image_rows,
             image: vec![0.0; image_len],
             scaled: vec![0.0; image_len],
             residual: Vec::new(),

@@ -321,20 +321,6 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size
         // carried through at most `h w (pw + ph)` rounding steps, and the
         // final sum rounds once more: at most `eps M h w (pw + ph + 1)`.
-        let largest_cross: f64 = query_ranges
-            .iter()
-            .zip(ranges)
-            .map(|(&(q_lo, q_hi), &(p_lo, p_hi))| {
-                let q = q_lo.abs().max(q_hi.abs());
-                let p = p_lo.abs().max(p_hi.abs());
-                (q + signal.abs() * p).powi(2)
-            })
-            .sum();
-        let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
-        let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
-        // Or compute the cross terms by Fourier transforms (query windows
-        // that wrap): their rounding is bounded by `cross_term_error`, and
-        // the norms and the final sum round at most `eps M (h w C + 3)`.
         let largest_queries: Vec<f64> = query_ranges
             .iter()
             .map(|&(lo, hi)| lo.abs().max(hi.abs()))
@@ -343,6 +329,16 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             .iter()
             .map(|&(lo, hi)| signal.abs() * lo.abs().max(hi.abs()))
             .collect();
+        let largest_cross: f64 = largest_queries
+            .iter()
+            .zip(&largest_scaled)
+            .map(|(q, p)| (q + p).powi(2))
+            .sum();
+        let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
+        let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
+        // Or compute the cross terms by Fourier transforms (query windows
+        // that wrap): their rounding is bounded by `cross_term_error`, and
+        // the norms and the final sum round at most `eps M (h w C + 3)`.
         let norm_steps = height * width * query_ranges.len() as f64 + 3.0;
         let spectral_error = 2.0
             * spectral::cross_term_error(&plan, &largest_queries, &largest_scaled)

@@ -198,13 +198,7 @@ pub(crate) fn pays(plan: &Plan) -> bool {
     let lane_terms = spans(&plan.rows, h) * spans(&plan.cols, w);
     // Centre coordinates some output pixel takes, per axis.
     let taken = |axis: &AxisPlan, len: usize| {
-        let mut taken = vec![false; len];
-        for shift in &axis.shifts {
-            for &q in &shift.queries {
-                taken[(q as isize + shift.delta) as usize] = true;
-            }
-        }
-        taken.into_iter().filter(|&t| t).count() as f64
+        takers(axis, len).iter().filter(|t| !t.is_empty()).count() as f64
     };
     let shape = plan.shape;
     let centres = taken(&plan.rows, shape.height) * taken(&plan.cols, shape.width);
