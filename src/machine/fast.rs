@@ -53,6 +53,7 @@
 
 use super::plan::{Plan, Shift};
 use super::posterior::PartialPosterior;
+use crate::equivariance::Boundary;
 
 /// Candidates handled together: training images, or column displacements.
 pub(crate) const LANES: usize = 8;
@@ -135,6 +136,63 @@ pub(crate) fn most_candidates(plan: &Plan) -> (usize, usize) {
 /// holds few candidates per image.
 pub(crate) const FOLD_EVERY: usize = 16;
 
+/// The displacements of one axis as the lanes walk them.
+///
+/// A displacement `delta` serving output coordinates `n` pays its sliding
+/// sums over `n + side - 1` coordinates. With a periodic query the
+/// windows of output coordinate `x` and `x + len` are the same, so the
+/// outputs `x` of displacement `d > 0` are the outputs `x + len` of
+/// displacement `d - len`, which reach the same candidate centres
+/// `x + d`. Where the two together span fewer coordinates than they pay
+/// apart, they become one displacement `d - len` over *virtual* output
+/// coordinates `x` and `x + len` (below `2 len`), read from the query
+/// continued periodically. For the interior centres of ELS every such
+/// pair joins into one run of `len - side + 1` coordinates, so an axis
+/// pays `len` displacements of `len` coordinates instead of up to
+/// `2 len - side` displacements of `len - side + 1 + side - 1`: at
+/// `k = 15` on 28 pixels, 784 coordinates instead of 966.
+pub(crate) fn lane_shifts(shifts: &[Shift], len: usize, side: usize, periodic: bool) -> Vec<Shift> {
+    if !periodic {
+        return shifts.to_vec();
+    }
+    let len_signed = len as isize;
+    let mut merged: Vec<Shift> = Vec::with_capacity(shifts.len());
+    let mut taken = vec![false; shifts.len()];
+    for (i, high) in shifts.iter().enumerate() {
+        if high.delta <= 0 {
+            continue;
+        }
+        let Ok(j) = shifts.binary_search_by_key(&(high.delta - len_signed), |s| s.delta) else {
+            continue;
+        };
+        let low = &shifts[j];
+        let queries: Vec<usize> = low
+            .queries
+            .iter()
+            .copied()
+            .chain(high.queries.iter().map(|&q| q + len))
+            .collect();
+        let joined = queries[queries.len() - 1] - queries[0] + 1;
+        if joined < low.span() + high.span() + side - 1 {
+            taken[i] = true;
+            taken[j] = true;
+            merged.push(Shift {
+                delta: low.delta,
+                queries,
+            });
+        }
+    }
+    merged.extend(
+        shifts
+            .iter()
+            .zip(&taken)
+            .filter(|(_, taken)| !**taken)
+            .map(|(shift, _)| shift.clone()),
+    );
+    merged.sort_by_key(|shift| shift.delta);
+    merged
+}
+
 /// A row displacement and which output rows it serves.
 struct RowShift {
     delta: isize,
@@ -158,6 +216,11 @@ struct ColumnBlock {
 pub(crate) struct LanePlan {
     rows: Vec<RowShift>,
     blocks: Vec<ColumnBlock>,
+    /// Rows and columns of the padded query the lanes read: more than the
+    /// plan's padded plane where displacements wrap (see [`lane_shifts`]),
+    /// the query continued periodically.
+    query_rows: usize,
+    query_cols: usize,
     /// Extra zero columns on each side of a padded training image, so that
     /// every lane reads inside the buffer.
     margin: usize,
@@ -194,31 +257,46 @@ impl LanePlan {
     /// MNIST) as long as there are enough images to fill the lanes; the
     /// same-location plan (LS) always uses them.
     pub fn new(plan: &Plan, images: usize) -> Self {
+        Self::build(plan, images, true)
+    }
+
+    /// As [`LanePlan::new`]; `wrap` lets displacements of a periodic query
+    /// wrap (see [`lane_shifts`]).
+    fn build(plan: &Plan, images: usize, wrap: bool) -> Self {
         let same_location = plan.rows.shifts.len() == 1
             && plan.cols.shifts.len() == 1
             && plan.rows.shifts[0].delta == 0
             && plan.cols.shifts[0].delta == 0;
         let image_lanes = same_location || images >= IMAGE_LANES_FROM;
         let lanes_per_block = if image_lanes { 1 } else { LANES as isize };
-        let rows = plan
-            .rows
-            .shifts
-            .iter()
-            .map(|shift| {
-                let mut valid = vec![false; shift.span()];
-                for &q in &shift.queries {
-                    valid[q - shift.first()] = true;
-                }
-                RowShift {
-                    delta: shift.delta,
-                    first: shift.first(),
-                    valid,
-                }
-            })
-            .collect();
+        let periodic = wrap && plan.boundary == Boundary::Periodic;
+        let (height, width) = (plan.patch.height(), plan.patch.width());
+        let rows: Vec<RowShift> =
+            lane_shifts(&plan.rows.shifts, plan.shape.height, height, periodic)
+                .iter()
+                .map(|shift| {
+                    let mut valid = vec![false; shift.span()];
+                    for &q in &shift.queries {
+                        valid[q - shift.first()] = true;
+                    }
+                    RowShift {
+                        delta: shift.delta,
+                        first: shift.first(),
+                        valid,
+                    }
+                })
+                .collect();
 
-        let shifts: &[Shift] = &plan.cols.shifts;
-        let mut blocks = Vec::new();
+        // Column lanes group eight consecutive displacements of the plan;
+        // image lanes take one displacement per block.
+        let wrapped_cols;
+        let shifts: &[Shift] = if image_lanes {
+            wrapped_cols = lane_shifts(&plan.cols.shifts, plan.shape.width, width, periodic);
+            &wrapped_cols
+        } else {
+            &plan.cols.shifts
+        };
+        let mut blocks: Vec<ColumnBlock> = Vec::new();
         let mut start = 0;
         while start < shifts.len() {
             let delta = shifts[start].delta;
@@ -278,9 +356,21 @@ impl LanePlan {
         } else {
             most_rows * most_cols.div_ceil(LANES)
         };
+        // The query rows and columns the windows of the (virtual) output
+        // coordinates read.
+        let query_rows = rows
+            .iter()
+            .map(|shift| shift.first + shift.valid.len() + height - 1)
+            .fold(plan.padded_height, usize::max);
+        let query_cols = blocks
+            .iter()
+            .map(|block| block.first + block.penalty.len() + width - 1)
+            .fold(plan.padded_width, usize::max);
         LanePlan {
             rows,
             blocks,
+            query_rows,
+            query_cols,
             margin,
             image_lanes,
             fold_every: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
@@ -470,14 +560,35 @@ impl LaneJob<'_> {
         plan.pad(query, &mut padded_query);
         let plane_len = plan.padded_height * extended * plan.shape.channels;
         let image_len = plane_len * self.lanes.column_stride();
-        let query: Vec<f64> = padded_query.iter().map(|&v| v as f64).collect();
+        let padded_query: Vec<f64> = padded_query.iter().map(|&v| v as f64).collect();
         // Zero padding with image lanes writes the images' rows straight
         // into the lanes and needs no padded copy.
         let image_rows = self.image_rows();
         let query_norms = if self.uses_cross_terms() {
-            query_window_norms(plan, &query)
+            query_window_norms(plan, &padded_query)
         } else {
             Vec::new()
+        };
+        let (query_rows, query_cols) = (self.lanes.query_rows, self.lanes.query_cols);
+        let query = if (query_rows, query_cols) == (plan.padded_height, plan.padded_width) {
+            padded_query
+        } else {
+            // Wrapped displacements read past the padded plane: the query
+            // continued periodically.
+            let shape = plan.shape;
+            let (up, left) = (plan.patch.up(), plan.patch.left());
+            let mut wide = Vec::with_capacity(shape.channels * query_rows * query_cols);
+            for c in 0..shape.channels {
+                let plane = &query[c * shape.height * shape.width..][..shape.height * shape.width];
+                for r in 0..query_rows {
+                    let source = (r + shape.height - up % shape.height) % shape.height;
+                    let row = &plane[source * shape.width..][..shape.width];
+                    wide.extend((0..query_cols).map(|col| {
+                        row[(col + shape.width - left % shape.width) % shape.width] as f64
+                    }));
+                }
+            }
+            wide
         };
         LaneScratch {
             query,
@@ -505,7 +616,7 @@ impl LaneJob<'_> {
     /// [`LaneScratch::image_rows`]).
     fn image_rows(&self) -> Option<Vec<usize>> {
         let plan = self.plan;
-        if !self.lanes.image_lanes || plan.boundary != crate::equivariance::Boundary::Zero {
+        if !self.lanes.image_lanes || plan.boundary != Boundary::Zero {
             return None;
         }
         let extended = self.lanes.extended_width(plan);
@@ -539,13 +650,11 @@ impl LaneJob<'_> {
     fn query_support(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let plan = self.plan;
         match plan.boundary {
-            crate::equivariance::Boundary::Zero => {
+            Boundary::Zero => {
                 let (up, left) = (plan.patch.up(), plan.patch.left());
                 (up..up + plan.shape.height, left..left + plan.shape.width)
             }
-            crate::equivariance::Boundary::Periodic => {
-                (0..plan.padded_height, 0..plan.padded_width)
-            }
+            Boundary::Periodic => (0..self.lanes.query_rows, 0..self.lanes.query_cols),
         }
     }
 
@@ -1181,7 +1290,7 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
     let plan = job.plan;
     let lanes = job.lanes;
     let channels = plan.shape.channels;
-    let (ph, pw) = (plan.padded_height, plan.padded_width);
+    let ph = plan.padded_height;
     let extended = lanes.extended_width(plan);
     let (height, width) = (plan.patch.height(), plan.patch.width());
     let span_rows = rows.valid.len();
@@ -1226,9 +1335,9 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
         } else {
             // Residuals of the row, summed along it by a sliding window.
             let image_row = image_row as usize;
-            let q = &query[query_row * pw + block.first..];
+            let q = &query[query_row * lanes.query_cols + block.first..];
             let p = &scaled[(image_row * extended + column_start) * STRIDE..];
-            let (q_plane, p_plane) = (ph * pw, ph * extended * STRIDE);
+            let (q_plane, p_plane) = (lanes.query_rows * lanes.query_cols, ph * extended * STRIDE);
             // Four partial sums, so that the first window is not one long
             // dependency chain; then one addition per step on the chain.
             let mut partial = [V::Wide::splat(0.0); 4];
@@ -1284,7 +1393,7 @@ fn cross_block<V: Vector>(
 ) {
     let plan = job.plan;
     let lanes = job.lanes;
-    let (ph, pw) = (plan.padded_height, plan.padded_width);
+    let ph = plan.padded_height;
     let extended = lanes.extended_width(plan);
     let (height, width) = (plan.patch.height(), plan.patch.width());
     let span_rows = rows.valid.len();
@@ -1338,7 +1447,7 @@ fn cross_block<V: Vector>(
             }
         } else {
             let image_row = image_row as usize;
-            let q = &query[query_row * pw + block.first..];
+            let q = &query[query_row * lanes.query_cols + block.first..];
             let p = &scaled[(image_row * extended + column_start) * LANES..];
             // The padded query is zero outside its support, so the products
             // there are zero: each row is summed over all its columns.
@@ -1576,77 +1685,135 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     let shape = plan.shape;
     let extended = lanes.extended_width(plan);
     let stride = plan.padded_height * extended * STRIDE;
+    // Output row `row` and the block's columns are virtual where the
+    // displacements wrap (see [`lane_shifts`]): past the image they
+    // continue at its start.
     let row = rows.first + i;
-    let base = row * shape.width + block.first;
+    let out_row = row % shape.height;
     let image_row = (row as isize + rows.delta) as usize + plan.patch.up();
     let value_start = ((image_row * extended + lanes.margin + block.first + plan.patch.left())
         as isize
         + block.delta) as usize;
-    let zero = V::Wide::splat(0.0);
     // Exponents in base 2: exp(beta (m - d)) = 2^(beta log2(e) (m - d)).
     let beta = V::Wide::splat(job.beta * std::f64::consts::LOG2_E);
     let value_start = value_start * STRIDE;
     let channels = shape.channels;
     let n = distances.len();
-    let values = &image[value_start..value_start + (n - 1) * STRIDE + LANES];
-    let LaneState {
-        reference,
-        nearest,
-        normaliser,
-        sums,
-        ..
-    } = state;
-    let per_position = distances
-        .iter()
-        .zip(&block.penalty)
-        .zip(&mut reference[base..base + n])
-        .zip(&mut nearest[base..base + n])
-        .zip(&mut normaliser[base..base + n])
-        .zip(sums[base * channels..(base + n) * channels].chunks_exact_mut(channels));
     let step = Step::<V> {
         beta,
         natural_beta: job.beta,
         add_penalty: !block.all_candidates,
     };
-    match norms {
-        None => {
-            for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate() {
-                let state = PixelState {
-                    reference,
-                    nearest,
-                    normaliser: z,
-                    sums: s,
-                };
-                let distance = V::Wide::load(d).max(zero);
-                step.add(distance, penalty, state, |c| {
-                    V::load_slice(&image[c * stride + value_start + j * STRIDE..])
-                });
+    // The window norms of the candidate centres `y = x + delta` of this
+    // row, one per output pixel.
+    let centres = ((row as isize + rows.delta) as usize * shape.width) as isize
+        + block.first as isize
+        + block.delta;
+    // Block columns `0 .. split` are output columns `first ..`, the rest
+    // (wrapped) output columns `0 ..`.
+    let split = n.min(shape.width - block.first);
+    let segment = Segment {
+        step,
+        penalty: &block.penalty,
+        distances,
+        norms,
+        image,
+        value_start,
+        stride,
+        centres: centres as usize,
+        channels,
+    };
+    let base = out_row * shape.width + block.first;
+    if split == n {
+        segment.add::<STRIDE>(0..n, base, state);
+    } else {
+        segment.add::<STRIDE>(0..split, base, state);
+        segment.add::<STRIDE>(split..n, base + split - shape.width, state);
+    }
+}
+
+/// What one output row's softmax step reads, for
+/// [`Segment::add`].
+struct Segment<'a, V: Vector> {
+    step: Step<V>,
+    penalty: &'a [WideLanes],
+    distances: &'a [WideLanes],
+    norms: Option<Norms<'a>>,
+    image: &'a [f32],
+    /// Where the values of block column 0 start in `image`.
+    value_start: usize,
+    /// Distance between channel planes in `image`.
+    stride: usize,
+    /// Index of the candidate centre of block column 0 in the window norms.
+    centres: usize,
+    channels: usize,
+}
+
+impl<V: Vector> Segment<'_, V> {
+    /// Adds block columns `columns`, output positions `base ..`.
+    #[inline(always)]
+    fn add<const STRIDE: usize>(
+        &self,
+        columns: std::ops::Range<usize>,
+        base: usize,
+        state: &mut LaneState,
+    ) {
+        let zero = V::Wide::splat(0.0);
+        let (step, image, stride, channels) = (self.step, self.image, self.stride, self.channels);
+        let len = columns.len();
+        let value_start = self.value_start + columns.start * STRIDE;
+        let LaneState {
+            reference,
+            nearest,
+            normaliser,
+            sums,
+            ..
+        } = state;
+        let per_position = self.distances[columns.clone()]
+            .iter()
+            .zip(&self.penalty[columns.clone()])
+            .zip(&mut reference[base..base + len])
+            .zip(&mut nearest[base..base + len])
+            .zip(&mut normaliser[base..base + len])
+            .zip(sums[base * channels..(base + len) * channels].chunks_exact_mut(channels));
+        match self.norms {
+            None => {
+                for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate()
+                {
+                    let state = PixelState {
+                        reference,
+                        nearest,
+                        normaliser: z,
+                        sums: s,
+                    };
+                    let distance = V::Wide::load(d).max(zero);
+                    step.add(distance, penalty, state, |c| {
+                        V::load_slice(&image[c * stride + value_start + j * STRIDE..])
+                    });
+                }
             }
-        }
-        Some(norms) => {
-            // The window norms of the candidate centres `y = x + delta` of
-            // this row, one per output pixel.
-            let centres = ((row as isize + rows.delta) as usize * shape.width) as isize
-                + block.first as isize
-                + block.delta;
-            debug_assert_eq!(channels, 1, "cross terms are for one channel");
-            let windows = &norms.windows[centres as usize..centres as usize + n];
-            let with_norms = per_position
-                .zip(&norms.query[base..base + n])
-                .zip(windows)
-                .zip(values.windows(LANES).step_by(STRIDE));
-            for ((((((((d, penalty), reference), nearest), z), s), q), a), v) in with_norms {
-                let state = PixelState {
-                    reference,
-                    nearest,
-                    normaliser: z,
-                    sums: s,
-                };
-                let distance = V::Wide::splat(*q)
-                    .add(V::Wide::load(a))
-                    .sub(V::Wide::load(d))
-                    .max(zero);
-                step.add(distance, penalty, state, |_| V::load_slice(v));
+            Some(norms) => {
+                debug_assert_eq!(channels, 1, "cross terms are for one channel");
+                let values = &image[value_start..value_start + (len - 1) * STRIDE + LANES];
+                let start = self.centres + columns.start;
+                let windows = &norms.windows[start..start + len];
+                let with_norms = per_position
+                    .zip(&norms.query[base..base + len])
+                    .zip(windows)
+                    .zip(values.windows(LANES).step_by(STRIDE));
+                for ((((((((d, penalty), reference), nearest), z), s), q), a), v) in with_norms {
+                    let state = PixelState {
+                        reference,
+                        nearest,
+                        normaliser: z,
+                        sums: s,
+                    };
+                    let distance = V::Wide::splat(*q)
+                        .add(V::Wide::load(a))
+                        .sub(V::Wide::load(d))
+                        .max(zero);
+                    step.add(distance, penalty, state, |_| V::load_slice(v));
+                }
             }
         }
     }
@@ -1910,6 +2077,84 @@ mod tests {
         assert_eq!(checked, 4 * (4 * 3 + 2), "cases that take cross terms");
     }
 
+    /// Displacements that wrap around a periodic query give the same
+    /// posterior as the plan's own displacements: both lane layouts, with
+    /// and without cross terms, one and several channels, square and
+    /// asymmetric windows up to larger than the image, windows whose
+    /// displacement runs wrap past the image on one or both axes.
+    #[test]
+    fn wrapped_displacements_agree_with_unwrapped_ones() {
+        use crate::equivariance::{Equivariance, PeriodicFull, PeriodicInterior};
+        use crate::image::Shape;
+        use crate::locality::Patch;
+        let mut joined = 0;
+        let check = |case: &Case, images: usize| -> bool {
+            let wrapped = LanePlan::build(&case.plan, images, true);
+            let unwrapped = LanePlan::build(&case.plan, images, false);
+            let joins = wrapped.rows.len() < unwrapped.rows.len()
+                || wrapped.blocks.len() < unwrapped.blocks.len();
+            for cross in [false, true] {
+                let want = case.run_lanes(&unwrapped, cross, false);
+                for portable in [false, true] {
+                    let got = case.run_lanes(&wrapped, cross, portable);
+                    assert_close(&got, &want, 2e-6);
+                }
+            }
+            joins
+        };
+        let patches = [
+            Patch::offsets(1, 1, 1, 1),
+            Patch::offsets(2, 2, 2, 2),
+            Patch::offsets(3, 3, 3, 3),
+            Patch::offsets(3, 1, 0, 4),
+            Patch::offsets(0, 5, 2, 1),
+            Patch::offsets(6, 6, 6, 6),
+        ];
+        let equivariances: [&dyn Equivariance; 2] = [&PeriodicInterior, &PeriodicFull];
+        for (channels, height, width) in [(1, 9, 7), (2, 6, 11), (1, 13, 13)] {
+            let shape = Shape::new(channels, height, width).unwrap();
+            for patch in &patches {
+                for &equivariance in &equivariances {
+                    let Some(case) = Case::with_patch(shape, patch, equivariance, 40) else {
+                        continue;
+                    };
+                    for images in [5, IMAGE_LANES_FROM] {
+                        joined += usize::from(check(&case, images));
+                    }
+                }
+            }
+        }
+        assert!(joined >= 20, "only {joined} cases joined displacements");
+    }
+
+    /// At k = 15 on 28 pixels every interior displacement pair joins: 28
+    /// displacements of 14 output coordinates instead of 41 of 1 to 14.
+    #[test]
+    fn interior_displacements_join_into_one_run_per_residue() {
+        use crate::equivariance::PeriodicInterior;
+        use crate::image::Shape;
+        use crate::locality::Patch;
+        let shape = Shape::new(1, 28, 28).unwrap();
+        let case = Case::with_patch(shape, &Patch::offsets(7, 7, 7, 7), &PeriodicInterior, 1)
+            .expect("interior centres");
+        let shifts = &case.plan.rows.shifts;
+        assert_eq!(shifts.len(), 41);
+        let paid: usize = shifts.iter().map(|s| s.span() + 14).sum();
+        assert_eq!(paid, 966);
+        let wrapped = lane_shifts(shifts, 28, 15, true);
+        assert_eq!(wrapped.len(), 28);
+        assert!(
+            wrapped
+                .iter()
+                .all(|s| s.span() == 14 && s.queries.len() == 14)
+        );
+        let mut deltas: Vec<isize> = wrapped.iter().map(|s| s.delta.rem_euclid(28)).collect();
+        deltas.sort_unstable();
+        assert_eq!(deltas, (0..28).collect::<Vec<_>>());
+        // Zero padding never wraps.
+        assert_eq!(lane_shifts(shifts, 28, 15, false).len(), 41);
+    }
+
     /// One query against a deterministic training set.
     struct Case {
         plan: Plan,
@@ -1935,6 +2180,39 @@ mod tests {
                 training: (0..images * len).map(value).collect(),
                 query: (0..len).map(|i| value(i * 31 + 5) * 1.3).collect(),
             }
+        }
+
+        /// A case with a given window, or `None` if some output pixel has
+        /// no candidate.
+        fn with_patch(
+            shape: crate::image::Shape,
+            patch: &crate::locality::Patch,
+            equivariance: &dyn crate::equivariance::Equivariance,
+            images: usize,
+        ) -> Option<Self> {
+            let len = shape.len();
+            let value = |i: usize| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0;
+            let window = crate::locality::Window::Patch(patch.clone());
+            Some(Case {
+                plan: Plan::new(shape, &window, equivariance).ok()?,
+                training: (0..images * len).map(value).collect(),
+                query: (0..len).map(|i| value(i * 31 + 5) * 1.3).collect(),
+            })
+        }
+
+        /// The estimate with the lane plan `lanes`.
+        fn run_lanes(&self, lanes: &LanePlan, cross: bool, portable: bool) -> Vec<f64> {
+            let job = self.job(lanes, cross);
+            let mut posterior = PartialPosterior::new(self.plan.shape, job.beta);
+            let mut scratch = job.scratch(&self.query);
+            let rows = self.training.chunks_exact(self.plan.shape.len());
+            if portable {
+                run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);
+            } else {
+                job.run(rows, &mut scratch, &mut posterior);
+            }
+            let image: crate::image::Image<f64> = posterior.to_image().expect("estimate");
+            image.as_slice().to_vec()
         }
 
         fn job<'a>(&'a self, lanes: &'a LanePlan, cross: bool) -> LaneJob<'a> {
