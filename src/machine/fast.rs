@@ -1316,11 +1316,18 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
     distances.clear();
     distances.resize(span_cols, [0.0; LANES]);
 
+    // The ring slot of row `i`, `i mod h`, kept without a division.
+    let mut slot_index = height - 1;
     for i in 0..z_rows {
+        slot_index = if slot_index + 1 == height {
+            0
+        } else {
+            slot_index + 1
+        };
         // The ring slot of row `i` still holds the row sums of row `i - h`
         // (zeros for the first `h` rows), which leave the window as the
         // sums of row `i` enter it.
-        let slot = &mut row_sums[(i % height) * span_cols..][..span_cols];
+        let slot = &mut row_sums[slot_index * span_cols..][..span_cols];
         let query_row = rows.first + i;
         let image_row = query_row as isize + rows.delta;
         if i < height {
@@ -1428,8 +1435,14 @@ fn cross_block<V: Vector>(
     live.clear();
     live.resize(height, false);
 
+    // The ring slot of row `i`, `i mod h`, kept without a division.
+    let mut slot_index = height - 1;
     for i in 0..z_rows {
-        let slot_index = i % height;
+        slot_index = if slot_index + 1 == height {
+            0
+        } else {
+            slot_index + 1
+        };
         let slot = &mut row_sums[slot_index * span_cols..][..span_cols];
         let query_row = rows.first + i;
         let image_row = query_row as isize + rows.delta;
@@ -1689,7 +1702,11 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     // displacements wrap (see [`lane_shifts`]): past the image they
     // continue at its start.
     let row = rows.first + i;
-    let out_row = row % shape.height;
+    let out_row = if row >= shape.height {
+        row - shape.height
+    } else {
+        row
+    };
     let image_row = (row as isize + rows.delta) as usize + plan.patch.up();
     let value_start = ((image_row * extended + lanes.margin + block.first + plan.patch.left())
         as isize
