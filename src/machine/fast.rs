@@ -712,6 +712,7 @@ fn add_centre_with<V: Vector>(
     let step = Step::<V> {
         beta: V::Wide::splat(beta * std::f64::consts::LOG2_E),
         natural_beta: beta,
+        negligible: NEGLIGIBLE as f64 / beta,
         add_penalty: false,
     };
     let zero = V::Wide::splat(0.0);
@@ -775,6 +776,8 @@ pub(crate) trait Wide: Copy {
     fn mul_add(self, other: Self, addend: Self) -> Self;
     fn min(self, other: Self) -> Self;
     fn max(self, other: Self) -> Self;
+    /// Whether every lane is above `threshold`.
+    fn all_above(self, threshold: Self) -> bool;
     /// Rounds to `f32`.
     fn narrow(self) -> Self::Narrow;
 }
@@ -868,6 +871,10 @@ impl Wide for PortableWide {
     #[inline(always)]
     fn max(self, other: Self) -> Self {
         PortableWide(std::array::from_fn(|l| self.0[l].max(other.0[l])))
+    }
+    #[inline(always)]
+    fn all_above(self, threshold: Self) -> bool {
+        self.0.iter().zip(&threshold.0).all(|(a, b)| a > b)
     }
     #[inline(always)]
     fn narrow(self) -> Portable {
@@ -1085,6 +1092,14 @@ pub(crate) mod avx2 {
                     _mm256_max_pd(self.0, other.0),
                     _mm256_max_pd(self.1, other.1),
                 )
+            }
+        }
+        #[inline(always)]
+        fn all_above(self, threshold: Self) -> bool {
+            unsafe {
+                let low = _mm256_cmp_pd::<_CMP_GT_OQ>(self.0, threshold.0);
+                let high = _mm256_cmp_pd::<_CMP_GT_OQ>(self.1, threshold.1);
+                _mm256_movemask_pd(_mm256_and_pd(low, high)) == 0xf
             }
         }
         #[inline(always)]
@@ -1719,6 +1734,7 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     let step = Step::<V> {
         beta,
         natural_beta: job.beta,
+        negligible: NEGLIGIBLE as f64 / job.beta,
         add_penalty: !block.all_candidates,
     };
     // The window norms of the candidate centres `y = x + delta` of this
@@ -1850,6 +1866,9 @@ struct Step<V: Vector> {
     /// `beta log2(e)`, in every lane: exponents are in base 2.
     beta: V::Wide,
     natural_beta: f64,
+    /// `NEGLIGIBLE / beta`: candidates further than this above the
+    /// reference weigh less than `exp(-NEGLIGIBLE)` of it.
+    negligible: f64,
     /// Whether some lanes may be no candidate (a penalty to add).
     add_penalty: bool,
 }
@@ -1874,6 +1893,12 @@ impl<V: Vector> Step<V> {
         if self.add_penalty {
             distance = distance.add(V::Wide::load(penalty));
         }
+        // Most candidates, once the reference is near the minimum: every
+        // lane negligible, found on the `f64` distances before any
+        // exponent is formed.
+        if distance.all_above(V::Wide::splat(*reference + self.negligible)) {
+            return;
+        }
         let mut exponent = V::Wide::splat(*reference)
             .sub(distance)
             .mul(self.beta)
@@ -1897,8 +1922,6 @@ impl<V: Vector> Step<V> {
                     .narrow();
             }
             distance.min(V::Wide::load(nearest)).store(nearest);
-        } else if exponent.all_below(-NEGLIGIBLE_LOG2) {
-            return;
         }
         let weight = exponent.exp2();
         V::load(normaliser).add(weight).store(normaliser);
