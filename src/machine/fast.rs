@@ -51,7 +51,7 @@
 //! [`FOLD_TERMS`] displacement blocks. So no `f32` sum runs over more
 //! than [`FOLD_TERMS`] terms.
 
-use super::plan::{Plan, Shift};
+use super::plan::{Plan, Shift, joined_shifts};
 use super::posterior::PartialPosterior;
 use crate::equivariance::Boundary;
 
@@ -136,63 +136,6 @@ pub(crate) fn most_candidates(plan: &Plan) -> (usize, usize) {
 /// holds few candidates per image.
 pub(crate) const FOLD_EVERY: usize = 16;
 
-/// The displacements of one axis as the lanes walk them.
-///
-/// A displacement `delta` serving output coordinates `n` pays its sliding
-/// sums over `n + side - 1` coordinates. With a periodic query the
-/// windows of output coordinate `x` and `x + len` are the same, so the
-/// outputs `x` of displacement `d > 0` are the outputs `x + len` of
-/// displacement `d - len`, which reach the same candidate centres
-/// `x + d`. Where the two together span fewer coordinates than they pay
-/// apart, they become one displacement `d - len` over *virtual* output
-/// coordinates `x` and `x + len` (below `2 len`), read from the query
-/// continued periodically. For the interior centres of ELS every such
-/// pair joins into one run of `len - side + 1` coordinates, so an axis
-/// pays `len` displacements of `len` coordinates instead of up to
-/// `2 len - side` displacements of `len - side + 1 + side - 1`: at
-/// `k = 15` on 28 pixels, 784 coordinates instead of 966.
-pub(crate) fn lane_shifts(shifts: &[Shift], len: usize, side: usize, periodic: bool) -> Vec<Shift> {
-    if !periodic {
-        return shifts.to_vec();
-    }
-    let len_signed = len as isize;
-    let mut merged: Vec<Shift> = Vec::with_capacity(shifts.len());
-    let mut taken = vec![false; shifts.len()];
-    for (i, high) in shifts.iter().enumerate() {
-        if high.delta <= 0 {
-            continue;
-        }
-        let Ok(j) = shifts.binary_search_by_key(&(high.delta - len_signed), |s| s.delta) else {
-            continue;
-        };
-        let low = &shifts[j];
-        let queries: Vec<usize> = low
-            .queries
-            .iter()
-            .copied()
-            .chain(high.queries.iter().map(|&q| q + len))
-            .collect();
-        let joined = queries[queries.len() - 1] - queries[0] + 1;
-        if joined < low.span() + high.span() + side - 1 {
-            taken[i] = true;
-            taken[j] = true;
-            merged.push(Shift {
-                delta: low.delta,
-                queries,
-            });
-        }
-    }
-    merged.extend(
-        shifts
-            .iter()
-            .zip(&taken)
-            .filter(|(_, taken)| !**taken)
-            .map(|(shift, _)| shift.clone()),
-    );
-    merged.sort_by_key(|shift| shift.delta);
-    merged
-}
-
 /// A row displacement and which output rows it serves.
 struct RowShift {
     delta: isize,
@@ -217,7 +160,7 @@ pub(crate) struct LanePlan {
     rows: Vec<RowShift>,
     blocks: Vec<ColumnBlock>,
     /// Rows and columns of the padded query the lanes read: more than the
-    /// plan's padded plane where displacements wrap (see [`lane_shifts`]),
+    /// plan's padded plane where displacements wrap (see [`joined_shifts`]),
     /// the query continued periodically.
     query_rows: usize,
     query_cols: usize,
@@ -261,7 +204,7 @@ impl LanePlan {
     }
 
     /// As [`LanePlan::new`]; `wrap` lets displacements of a periodic query
-    /// wrap (see [`lane_shifts`]).
+    /// wrap (see [`joined_shifts`]).
     fn build(plan: &Plan, images: usize, wrap: bool) -> Self {
         let same_location = plan.rows.shifts.len() == 1
             && plan.cols.shifts.len() == 1
@@ -272,7 +215,7 @@ impl LanePlan {
         let periodic = wrap && plan.boundary == Boundary::Periodic;
         let (height, width) = (plan.patch.height(), plan.patch.width());
         let rows: Vec<RowShift> =
-            lane_shifts(&plan.rows.shifts, plan.shape.height, height, periodic)
+            joined_shifts(&plan.rows.shifts, plan.shape.height, height, periodic)
                 .iter()
                 .map(|shift| {
                     let mut valid = vec![false; shift.span()];
@@ -291,7 +234,7 @@ impl LanePlan {
         // image lanes take one displacement per block.
         let wrapped_cols;
         let shifts: &[Shift] = if image_lanes {
-            wrapped_cols = lane_shifts(&plan.cols.shifts, plan.shape.width, width, periodic);
+            wrapped_cols = joined_shifts(&plan.cols.shifts, plan.shape.width, width, periodic);
             &wrapped_cols
         } else {
             &plan.cols.shifts
@@ -570,26 +513,7 @@ impl LaneJob<'_> {
             Vec::new()
         };
         let (query_rows, query_cols) = (self.lanes.query_rows, self.lanes.query_cols);
-        let query = if (query_rows, query_cols) == (plan.padded_height, plan.padded_width) {
-            padded_query
-        } else {
-            // Wrapped displacements read past the padded plane: the query
-            // continued periodically.
-            let shape = plan.shape;
-            let (up, left) = (plan.patch.up(), plan.patch.left());
-            let mut wide = Vec::with_capacity(shape.channels * query_rows * query_cols);
-            for c in 0..shape.channels {
-                let plane = &query[c * shape.height * shape.width..][..shape.height * shape.width];
-                for r in 0..query_rows {
-                    let source = (r + shape.height - up % shape.height) % shape.height;
-                    let row = &plane[source * shape.width..][..shape.width];
-                    wide.extend((0..query_cols).map(|col| {
-                        row[(col + shape.width - left % shape.width) % shape.width] as f64
-                    }));
-                }
-            }
-            wide
-        };
+        let query = plan.continue_periodically(padded_query, query_rows, query_cols);
         LaneScratch {
             query,
             padded: if image_rows.is_some() {
@@ -1714,7 +1638,7 @@ fn softmax_row<V: Vector, const STRIDE: usize>(
     let extended = lanes.extended_width(plan);
     let stride = plan.padded_height * extended * STRIDE;
     // Output row `row` and the block's columns are virtual where the
-    // displacements wrap (see [`lane_shifts`]): past the image they
+    // displacements wrap (see [`joined_shifts`]): past the image they
     // continue at its start.
     let row = rows.first + i;
     let out_row = if row >= shape.height {
@@ -2181,7 +2105,7 @@ mod tests {
         assert_eq!(shifts.len(), 41);
         let paid: usize = shifts.iter().map(|s| s.span() + 14).sum();
         assert_eq!(paid, 966);
-        let wrapped = lane_shifts(shifts, 28, 15, true);
+        let wrapped = joined_shifts(shifts, 28, 15, true);
         assert_eq!(wrapped.len(), 28);
         assert!(
             wrapped
@@ -2192,7 +2116,7 @@ mod tests {
         deltas.sort_unstable();
         assert_eq!(deltas, (0..28).collect::<Vec<_>>());
         // Zero padding never wraps.
-        assert_eq!(lane_shifts(shifts, 28, 15, false).len(), 41);
+        assert_eq!(joined_shifts(shifts, 28, 15, false).len(), 41);
     }
 
     /// One query against a deterministic training set.

@@ -17,8 +17,9 @@
 //! largest residual along a row (see docs/precision.md for data whose
 //! pixels differ by many orders of magnitude).
 
-use super::plan::{Plan, Shift};
+use super::plan::{Plan, Shift, joined_shifts};
 use super::posterior::PartialPosterior;
+use crate::equivariance::Boundary;
 use crate::real::Real;
 use crate::training::TrainingSet;
 
@@ -74,6 +75,7 @@ pub(crate) fn accumulate_images<T: Real, S: CandidateSink>(
     mut starting: impl FnMut(&mut S, usize),
 ) {
     let channels = training.shape().channels;
+    let walk = Walk::new(plan, query);
     let mut scratch = Scratch::default();
     let mut padded = vec![0.0; plan.padded_height * plan.padded_width * channels];
     for &row in rows {
@@ -81,7 +83,7 @@ pub(crate) fn accumulate_images<T: Real, S: CandidateSink>(
         starting(sink, row);
         accumulate(
             plan,
-            query,
+            &walk,
             &padded,
             signal,
             direct_only,
@@ -91,27 +93,81 @@ pub(crate) fn accumulate_images<T: Real, S: CandidateSink>(
     }
 }
 
+/// The displacements a kernel walks and the query they read: with a
+/// periodic query, displacements `H` (or `W`) apart joined into one run
+/// over virtual output coordinates (see [`joined_shifts`]), read from the
+/// query continued periodically.
+pub(crate) struct Walk {
+    rows: Vec<Shift>,
+    cols: Vec<Shift>,
+    query: Vec<f64>,
+    query_rows: usize,
+    query_cols: usize,
+}
+
+impl Walk {
+    /// The walk of `plan` for `query`, padded by `plan`.
+    pub fn new(plan: &Plan, query: &[f64]) -> Self {
+        let periodic = plan.boundary == Boundary::Periodic;
+        let (height, width) = (plan.patch.height(), plan.patch.width());
+        let rows = joined_shifts(&plan.rows.shifts, plan.shape.height, height, periodic);
+        let cols = joined_shifts(&plan.cols.shifts, plan.shape.width, width, periodic);
+        // The padded coordinates the windows of the last virtual output
+        // coordinates reach.
+        let reach = |shifts: &[Shift], side: usize, padded: usize| {
+            shifts
+                .iter()
+                .map(|shift| shift.last() + side)
+                .fold(padded, usize::max)
+        };
+        let query_rows = reach(&rows, height, plan.padded_height);
+        let query_cols = reach(&cols, width, plan.padded_width);
+        Walk {
+            rows,
+            cols,
+            query: plan.continue_periodically(query.to_vec(), query_rows, query_cols),
+            query_rows,
+            query_cols,
+        }
+    }
+
+    /// Start of channel `c`, padded row `row`, padded column `col` of the
+    /// query.
+    #[inline]
+    fn at(&self, c: usize, row: usize, col: usize) -> usize {
+        (c * self.query_rows + row) * self.query_cols + col
+    }
+}
+
+/// The output position of virtual output coordinates `(row, col)` (below
+/// twice the image's sides).
+#[inline]
+fn output_position(plan: &Plan, row: usize, col: usize) -> usize {
+    let wrap = |v: usize, len: usize| if v >= len { v - len } else { v };
+    wrap(row, plan.shape.height) * plan.shape.width + wrap(col, plan.shape.width)
+}
+
 /// Adds every candidate of one padded training image to `sink`; with
 /// `direct_only` every distance is summed directly, never slid.
 pub(crate) fn accumulate(
     plan: &Plan,
-    query: &[f64],
+    walk: &Walk,
     image: &[f64],
     signal: f64,
     direct_only: bool,
     sink: &mut impl CandidateSink,
     scratch: &mut Scratch,
 ) {
-    for rows in &plan.rows.shifts {
-        for cols in &plan.cols.shifts {
+    for rows in &walk.rows {
+        for cols in &walk.cols {
             let (height, width) = (plan.patch.height(), plan.patch.width());
             let pairs = rows.queries.len() * cols.queries.len();
             let direct_cost = pairs * height * width;
             let sliding_cost = 3 * (rows.span() + height - 1) * (cols.span() + width - 1);
             if direct_only || !plan.patch.is_uniform() || direct_cost <= sliding_cost {
-                direct(plan, query, image, signal, rows, cols, sink);
+                direct(plan, walk, image, signal, rows, cols, sink);
             } else {
-                sliding(plan, query, image, signal, rows, cols, sink, scratch);
+                sliding(plan, walk, image, signal, rows, cols, sink, scratch);
             }
         }
     }
@@ -126,7 +182,7 @@ fn centre_offset(plan: &Plan, row: usize, col: usize) -> usize {
 
 fn direct(
     plan: &Plan,
-    query: &[f64],
+    walk: &Walk,
     image: &[f64],
     signal: f64,
     rows: &Shift,
@@ -144,7 +200,7 @@ fn direct(
             let mut distance = 0.0;
             for c in 0..shape.channels {
                 for i in 0..height {
-                    let q = &query[c * stride + (xr + i) * pw + xc..][..width];
+                    let q = &walk.query[walk.at(c, xr + i, xc)..][..width];
                     let p = &image[c * stride + (yr + i) * pw + yc..][..width];
                     match weights {
                         None => {
@@ -164,7 +220,7 @@ fn direct(
             }
             let offset = centre_offset(plan, yr, yc);
             sink.add(
-                xr * shape.width + xc,
+                output_position(plan, xr, xc),
                 distance,
                 (yr, yc),
                 &image[offset..],
@@ -177,7 +233,7 @@ fn direct(
 #[allow(clippy::too_many_arguments)]
 fn sliding(
     plan: &Plan,
-    query: &[f64],
+    walk: &Walk,
     image: &[f64],
     signal: f64,
     rows: &Shift,
@@ -209,7 +265,7 @@ fn sliding(
             if c_lo >= c_hi {
                 continue;
             }
-            let q = &query[c * stride + qr * pw + col0..][..z_cols];
+            let q = &walk.query[walk.at(c, qr, col0)..][..z_cols];
             let p_start = c * stride + pr as usize * pw;
             let out = &mut residual[i * z_cols..(i + 1) * z_cols];
             for j in c_lo..c_hi {
@@ -263,7 +319,7 @@ fn sliding(
             let yc = (xc as isize + cols.delta) as usize;
             let offset = centre_offset(plan, yr, yc);
             sink.add(
-                xr * plan.shape.width + xc,
+                output_position(plan, xr, xc),
                 line[xc - col0].max(0.0),
                 (yr, yc),
                 &image[offset..],

@@ -194,7 +194,7 @@ pub(crate) fn pays(plan: &Plan) -> bool {
     let shape = plan.shape;
     // The lanes' displacements, joined where they wrap around the query.
     let spans = |axis: &AxisPlan, len: usize, side: usize| -> f64 {
-        fast::lane_shifts(&axis.shifts, len, side, true)
+        super::plan::joined_shifts(&axis.shifts, len, side, true)
             .iter()
             .map(|s| (s.span() + side - 1) as f64)
             .sum()
