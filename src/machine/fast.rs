@@ -24,6 +24,10 @@
 //! C(x, y) = sum_o q(x + o) a p(y + o)    slid like E above, over rows where q can be non-zero
 //! ```
 //!
+//! With a periodic query, displacements `H` (or `W`) apart reach the same
+//! candidate centres from output coordinates `H` apart and are walked as
+//! one run over virtual coordinates (see [`joined_shifts`]).
+//!
 //! The cost per residual does not depend on the patch side, and
 //! the buffers are one row of residuals, a ring of `h` rows of row sums
 //! and one row of distances (tens of kilobytes at most). Residuals, window sums

@@ -13,9 +13,11 @@
 //! With uniform weights the window sums are sliding sums along rows and
 //! then columns, whose cost does not depend on the patch size; when a
 //! displacement has few output pixels, or the window is weighted, the sum
-//! is taken directly. Both are exact up to `f64` rounding relative to the
-//! largest residual along a row (see docs/precision.md for data whose
-//! pixels differ by many orders of magnitude).
+//! is taken directly. With a periodic query, displacements `H` (or `W`)
+//! apart are walked as one run (see [`Walk`]). Both are exact up to `f64`
+//! rounding relative to the largest residual along a row (see
+//! docs/precision.md for data whose pixels differ by many orders of
+//! magnitude).
 
 use super::plan::{Plan, Shift, joined_shifts};
 use super::posterior::PartialPosterior;
