@@ -5,10 +5,15 @@
 //! query pixels (for IS, training images x pixels: one squared difference
 //! each). Reads MNIST from `SCORE_MACHINES_DATA` (default `../shared/data`).
 //!
+//! Benchmark ids are `kernel/els/n=N/{f32,f64}/SIDE`, `is/n=N/whole`,
+//! `{ls,els,bbels}/n=N/k/SIDE` and `sample/els/n=N/ddim-20`; the filter is a
+//! regular expression, so anchor it:
+//!
 //! ```text
 //! cargo bench --bench machines
-//! cargo bench --bench machines -- 'els/n=5000'
-//! cargo bench --bench machines -- 'sample/els/n=5000'
+//! cargo bench --bench machines -- '^els/n=5000/'
+//! cargo bench --bench machines -- '^els/n=1000/k/15$'
+//! cargo bench --bench machines -- '^sample/els/n=5000/'
 //! ```
 
 use std::path::PathBuf;
