@@ -55,7 +55,7 @@
 //! [`FOLD_TERMS`] displacement blocks. So no `f32` sum runs over more
 //! than [`FOLD_TERMS`] terms.
 
-use super::plan::{Plan, Shift, joined_shifts};
+use super::plan::{Plan, Shift, joined_shifts, query_reach};
 use super::posterior::PartialPosterior;
 use crate::equivariance::Boundary;
 
@@ -218,21 +218,21 @@ impl LanePlan {
         let lanes_per_block = if image_lanes { 1 } else { LANES as isize };
         let periodic = wrap && plan.boundary == Boundary::Periodic;
         let (height, width) = (plan.patch.height(), plan.patch.width());
-        let rows: Vec<RowShift> =
-            joined_shifts(&plan.rows.shifts, plan.shape.height, height, periodic)
-                .iter()
-                .map(|shift| {
-                    let mut valid = vec![false; shift.span()];
-                    for &q in &shift.queries {
-                        valid[q - shift.first()] = true;
-                    }
-                    RowShift {
-                        delta: shift.delta,
-                        first: shift.first(),
-                        valid,
-                    }
-                })
-                .collect();
+        let row_shifts = joined_shifts(&plan.rows.shifts, plan.shape.height, height, periodic);
+        let rows: Vec<RowShift> = row_shifts
+            .iter()
+            .map(|shift| {
+                let mut valid = vec![false; shift.span()];
+                for &q in &shift.queries {
+                    valid[q - shift.first()] = true;
+                }
+                RowShift {
+                    delta: shift.delta,
+                    first: shift.first(),
+                    valid,
+                }
+            })
+            .collect();
 
         // Column lanes group eight consecutive displacements of the plan;
         // image lanes take one displacement per block.
@@ -303,21 +303,11 @@ impl LanePlan {
         } else {
             most_rows * most_cols.div_ceil(LANES)
         };
-        // The query rows and columns the windows of the (virtual) output
-        // coordinates read.
-        let query_rows = rows
-            .iter()
-            .map(|shift| shift.first + shift.valid.len() + height - 1)
-            .fold(plan.padded_height, usize::max);
-        let query_cols = blocks
-            .iter()
-            .map(|block| block.first + block.penalty.len() + width - 1)
-            .fold(plan.padded_width, usize::max);
         LanePlan {
+            query_rows: query_reach(&row_shifts, height, plan.padded_height),
+            query_cols: query_reach(shifts, width, plan.padded_width),
             rows,
             blocks,
-            query_rows,
-            query_cols,
             margin,
             image_lanes,
             fold_every: (FOLD_TERMS / per_lane).clamp(1, FOLD_EVERY),
@@ -2138,16 +2128,13 @@ mod tests {
             images: usize,
         ) -> Self {
             use crate::image::Shape;
-            use crate::locality::{Locality, SquarePatch};
+            use crate::locality::{Locality, SquarePatch, Window};
             let shape = Shape::new(channels, 9, 7).expect("shape");
-            let len = shape.len();
-            let value = |i: usize| ((i * 7919 + 13) % 97) as f32 / 48.0 - 1.0;
             let window = SquarePatch::new(side).expect("odd side").window(0.5);
-            Case {
-                plan: Plan::new(shape, &window, equivariance).expect("plan"),
-                training: (0..images * len).map(value).collect(),
-                query: (0..len).map(|i| value(i * 31 + 5) * 1.3).collect(),
-            }
+            let Window::Patch(patch) = window else {
+                panic!("a square patch is a patch")
+            };
+            Case::with_patch(shape, &patch, equivariance, images).expect("plan")
         }
 
         /// A case with a given window, or `None` if some output pixel has
@@ -2198,17 +2185,7 @@ mod tests {
         fn run(&self, layout_images: usize, cross: bool, portable: bool) -> Vec<f64> {
             let lanes = LanePlan::new(&self.plan, layout_images);
             assert!(lanes.image_lanes || layout_images < IMAGE_LANES_FROM);
-            let job = self.job(&lanes, cross);
-            let mut posterior = PartialPosterior::new(self.plan.shape, job.beta);
-            let mut scratch = job.scratch(&self.query);
-            let rows = self.training.chunks_exact(self.plan.shape.len());
-            if portable {
-                run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);
-            } else {
-                job.run(rows, &mut scratch, &mut posterior);
-            }
-            let image: crate::image::Image<f64> = posterior.to_image().expect("estimate");
-            image.as_slice().to_vec()
+            self.run_lanes(&lanes, cross, portable)
         }
     }
 

@@ -19,7 +19,7 @@
 //! docs/precision.md for data whose pixels differ by many orders of
 //! magnitude).
 
-use super::plan::{Plan, Shift, joined_shifts};
+use super::plan::{Plan, Shift, joined_shifts, query_reach};
 use super::posterior::PartialPosterior;
 use crate::equivariance::Boundary;
 use crate::real::Real;
@@ -114,16 +114,8 @@ impl Walk {
         let (height, width) = (plan.patch.height(), plan.patch.width());
         let rows = joined_shifts(&plan.rows.shifts, plan.shape.height, height, periodic);
         let cols = joined_shifts(&plan.cols.shifts, plan.shape.width, width, periodic);
-        // The padded coordinates the windows of the last virtual output
-        // coordinates reach.
-        let reach = |shifts: &[Shift], side: usize, padded: usize| {
-            shifts
-                .iter()
-                .map(|shift| shift.last() + side)
-                .fold(padded, usize::max)
-        };
-        let query_rows = reach(&rows, height, plan.padded_height);
-        let query_cols = reach(&cols, width, plan.padded_width);
+        let query_rows = query_reach(&rows, height, plan.padded_height);
+        let query_cols = query_reach(&cols, width, plan.padded_width);
         Walk {
             rows,
             cols,

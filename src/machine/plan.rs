@@ -326,9 +326,7 @@ impl Plan {
             }
         }
     }
-}
 
-impl Plan {
     /// `padded` (a query padded by this plan) continued periodically over
     /// `rows x cols` padded coordinates, for the virtual output coordinates
     /// of [`joined_shifts`]; `padded` itself where no more is needed.
@@ -356,6 +354,16 @@ impl Plan {
         }
         wide
     }
+}
+
+/// The padded query coordinates along one axis that the windows of the
+/// output coordinates of `shifts` (virtual ones included) read: at least
+/// the plan's own `padded` length.
+pub(crate) fn query_reach(shifts: &[Shift], side: usize, padded: usize) -> usize {
+    shifts
+        .iter()
+        .map(|shift| shift.last() + side)
+        .fold(padded, usize::max)
 }
 
 /// The displacements of one axis as the kernels walk them.
