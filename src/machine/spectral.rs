@@ -39,7 +39,7 @@ use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
 use super::fast::{self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
-use super::plan::{AxisPlan, Plan};
+use super::plan::{AxisPlan, Plan, joined_shifts};
 use super::posterior::PartialPosterior;
 use crate::equivariance::Boundary;
 
@@ -194,7 +194,7 @@ pub(crate) fn pays(plan: &Plan) -> bool {
     let shape = plan.shape;
     // The lanes' displacements, joined where they wrap around the query.
     let spans = |axis: &AxisPlan, len: usize, side: usize| -> f64 {
-        super::plan::joined_shifts(&axis.shifts, len, side, true)
+        joined_shifts(&axis.shifts, len, side, true)
             .iter()
             .map(|s| (s.span() + side - 1) as f64)
             .sum()
