@@ -8,6 +8,7 @@ mod mosaic;
 mod plan;
 mod posterior;
 mod spectral;
+mod torus;
 mod whole;
 
 use std::collections::BTreeMap;
@@ -338,8 +339,12 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
         // Or compute the cross terms by Fourier transforms (query windows
         // that wrap): their rounding is bounded by `cross_term_error`, and
-        // the norms and the final sum round at most `eps M (h w C + 3)`.
-        let norm_steps = height * width * query_ranges.len() as f64 + 3.0;
+        // the norms and the final sum round at most `eps M (n C + 3)`, with
+        // `n` the window's `h w` values or, where the window norms are the
+        // image's less its left-out lines, `H W + H + W`.
+        let shape = plan.shape;
+        let whole_terms = (shape.positions() + shape.height + shape.width) as f64;
+        let norm_steps = (height * width).max(whole_terms) * query_ranges.len() as f64 + 3.0;
         let spectral_error = 2.0
             * spectral::cross_term_error(&plan, &largest_queries, &largest_scaled)
             + largest_cross * norm_steps * f64::EPSILON;
@@ -581,13 +586,50 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 return posterior;
             }
         }
-        if kernel.spectral
-            && spectral::pays(plan)
-            && let Some(spectral) = spectral::SpectralPlan::new(plan)
-        {
-            return self.stream_spectral(plan, &spectral, images, query, kernel, rows);
+        if kernel.spectral {
+            match spectral::choose(plan) {
+                Some(spectral::Route::PerCentre(spectral)) => {
+                    return self.stream_spectral(plan, &spectral, images, query, kernel, rows);
+                }
+                Some(spectral::Route::Torus(torus)) => {
+                    return self.stream_torus(plan, &torus, images, query, kernel, rows);
+                }
+                None => {}
+            }
         }
         self.stream_lanes(plan, images, query, kernel, rows)
+    }
+
+    /// Cross terms by one transform per image and line corrections, see
+    /// [`torus`].
+    fn stream_torus(
+        &self,
+        plan: &Plan,
+        torus: &torus::TorusPlan,
+        images: &[f32],
+        query: &[f32],
+        kernel: LaneKernel,
+        rows: &[usize],
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let job = torus::TorusJob {
+            plan,
+            torus,
+            signal: kernel.signal,
+            beta: kernel.beta,
+        };
+        let len = shape.len();
+        let chunk = |rows: &[usize]| {
+            let mut posterior = PartialPosterior::new(shape, kernel.beta);
+            let mut scratch = job.scratch(query);
+            job.run(
+                rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
+                &mut scratch,
+                &mut posterior,
+            );
+            posterior
+        };
+        self.reduce(rows, fast::chunk_len(rows.len()), kernel.beta, chunk)
     }
 
     /// Cross terms by Fourier transforms, see [`spectral`].

@@ -41,14 +41,15 @@ use rustfft::{Fft, FftPlanner};
 use super::fast::{self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
 use super::plan::{AxisPlan, Plan, joined_shifts};
 use super::posterior::PartialPosterior;
+use super::torus::TorusPlan;
 use crate::equivariance::Boundary;
 
 type C64 = Complex<f64>;
 
 /// One candidate centre, `(row, col)` in the image.
-struct Centre {
-    row: usize,
-    col: usize,
+pub(super) struct Centre {
+    pub row: usize,
+    pub col: usize,
 }
 
 /// What the Fourier route needs of a [`Plan`]: its candidate centres and
@@ -95,7 +96,7 @@ const TRANSFORM_COST: f64 = 2.3;
 
 /// For each coordinate of an axis, the output coordinates whose candidate
 /// centres include it.
-fn takers(axis: &AxisPlan, len: usize) -> Vec<Vec<usize>> {
+pub(super) fn takers(axis: &AxisPlan, len: usize) -> Vec<Vec<usize>> {
     let mut takers = vec![Vec::new(); len];
     for shift in &axis.shifts {
         for &q in &shift.queries {
@@ -180,15 +181,38 @@ impl SpectralPlan {
     }
 }
 
-/// Whether the transforms cost less than the sliding sums of the lanes for
-/// `plan` (a periodic plan with a uniform window; any other gives `false`):
-/// the lanes pay `(n_r + h - 1)(n_c + w - 1)` cross terms for a
-/// displacement that serves `n_r x n_c` output pixels, the transforms
-/// about `H W log2(H W)` operations per centre and pair of images,
-/// whatever the window.
-pub(crate) fn pays(plan: &Plan) -> bool {
+/// How the cross terms of a periodic plan with a uniform window are
+/// computed when transforms pay: per candidate centre, or once over the
+/// whole torus with line corrections ([`super::torus`]).
+pub(crate) enum Route {
+    PerCentre(SpectralPlan),
+    Torus(TorusPlan),
+}
+
+/// The transform route for `plan` that costs least, if it costs less
+/// than the sliding sums of the lanes (a periodic plan with a uniform
+/// window; any other gives `None`): the lanes pay `(n_r + h - 1)(n_c + w - 1)`
+/// cross terms for a displacement that serves `n_r x n_c` output pixels,
+/// the per-centre transforms about `H W log2(H W)` operations per centre
+/// and pair of images whatever the window, and the whole-torus route one
+/// such pair of transforms plus its line tables and the terms of each
+/// distance ([`TorusPlan::cost`]).
+pub(crate) fn choose(plan: &Plan) -> Option<Route> {
+    let (lanes, per_centre) = costs(plan)?;
+    let torus = TorusPlan::new(plan).map(|torus| (torus.cost(plan, TRANSFORM_COST), torus));
+    match torus {
+        Some((cost, torus)) if cost < per_centre.min(lanes) => Some(Route::Torus(torus)),
+        _ if per_centre < lanes => SpectralPlan::new(plan).map(Route::PerCentre),
+        _ => None,
+    }
+}
+
+/// The cost per training image of the lanes and of the per-centre
+/// transforms, in lane cross terms, for a periodic plan with a uniform
+/// window.
+fn costs(plan: &Plan) -> Option<(f64, f64)> {
     if plan.boundary != Boundary::Periodic || !plan.patch.is_uniform() {
-        return false;
+        return None;
     }
     let (h, w) = (plan.patch.height(), plan.patch.width());
     let shape = plan.shape;
@@ -208,19 +232,22 @@ pub(crate) fn pays(plan: &Plan) -> bool {
     let positions = shape.positions() as f64;
     let transform_terms =
         centres * positions * positions.log2() * shape.channels as f64 * TRANSFORM_COST;
-    transform_terms < lane_terms
+    Some((lane_terms, transform_terms))
 }
 
-/// A bound on the rounding of `C(x, y)` computed by [`SpectralPlan`]'s
-/// transforms: `6 e (|q|_1 |K|_2 + |K|_1 |q|_2)` with `e = 8 eps (log2 H +
+/// A bound on the rounding of `C(x, y)` computed by either transform
+/// route: `6 e (|q|_1 |K|_2 + |K|_1 |q|_2)` with `e = 8 eps (log2 H +
 /// log2 W + 4)`, a generous multiple of the classical bound `eps log2 n` on
 /// the relative 2-norm error of a fast Fourier transform of `n` values, and
-/// `K` the turned windows of two images packed into one transform, from
-/// the largest magnitudes of query and scaled training values per channel.
+/// `K` the turned windows (or, for [`super::torus`], whole images) of two
+/// images packed into one transform, from the largest magnitudes of query
+/// and scaled training values per channel; plus, for the line tables of
+/// [`super::torus`], `2 (H + W) eps` times the largest sum of products of
+/// a distance's terms, `(H W + H + W) sum_c |q_c| |a p_c|`.
 pub(crate) fn cross_term_error(plan: &Plan, largest_query: &[f64], largest_scaled: &[f64]) -> f64 {
     let shape = plan.shape;
     let positions = shape.positions() as f64;
-    let window = (plan.patch.height() * plan.patch.width()) as f64;
+    let window = ((plan.patch.height() * plan.patch.width()) as f64).max(positions);
     let q1: f64 = largest_query.iter().map(|q| q * positions).sum();
     let q2: f64 = largest_query
         .iter()
@@ -234,7 +261,15 @@ pub(crate) fn cross_term_error(plan: &Plan, largest_query: &[f64], largest_scale
         .sum::<f64>()
         .sqrt();
     let levels = (shape.height as f64).log2() + (shape.width as f64).log2() + 4.0;
+    let (height, width) = (shape.height as f64, shape.width as f64);
+    let products: f64 = largest_query
+        .iter()
+        .zip(largest_scaled)
+        .map(|(q, p)| q * p)
+        .sum::<f64>()
+        * (positions + height + width);
     6.0 * 8.0 * f64::EPSILON * levels * (q1 * k2 + k1 * q2)
+        + 2.0 * (height + width) * f64::EPSILON * products
 }
 
 /// Everything a worker needs that is shared by all training images.
@@ -266,7 +301,7 @@ pub(crate) struct SpectralScratch {
 }
 
 /// Transposes the `rows x cols` matrix `from` into `to`.
-fn transpose(from: &[C64], to: &mut [C64], rows: usize, cols: usize) {
+pub(super) fn transpose(from: &[C64], to: &mut [C64], rows: usize, cols: usize) {
     for (r, row) in from.chunks_exact(cols).enumerate() {
         for (c, &value) in row.iter().enumerate() {
             to[c * rows + r] = value;
@@ -493,7 +528,7 @@ impl SpectralJob<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::equivariance::{Equivariance, PeriodicFull, PeriodicInterior, ZeroPadded};
     use crate::image::{Image, Shape};
@@ -503,7 +538,11 @@ mod tests {
     use crate::score::ScoreFunction;
     use crate::training::TrainingSet;
 
-    fn plan(shape: Shape, patch: &Patch, equivariance: &dyn Equivariance) -> Plan {
+    pub(in crate::machine) fn plan(
+        shape: Shape,
+        patch: &Patch,
+        equivariance: &dyn Equivariance,
+    ) -> Plan {
         Plan::new(
             shape,
             &crate::locality::Window::Patch(patch.clone()),
@@ -522,18 +561,26 @@ mod tests {
         let mnist = Shape::new(1, 28, 28).unwrap();
         let route = |side: usize, equivariance: &dyn Equivariance| {
             let plan = plan(mnist, &square(side), equivariance);
-            pays(&plan) && SpectralPlan::new(&plan).is_some()
+            match choose(&plan) {
+                None => "lanes",
+                Some(Route::PerCentre(_)) => "per centre",
+                Some(Route::Torus(_)) => "torus",
+            }
         };
-        assert!(route(27, &PeriodicInterior));
-        assert!(route(25, &PeriodicInterior));
-        assert!(!route(23, &PeriodicInterior));
-        assert!(!route(21, &PeriodicInterior));
-        assert!(!route(7, &PeriodicInterior));
-        assert!(!route(27, &ZeroPadded));
+        assert_eq!(route(27, &PeriodicInterior), "torus");
+        assert_eq!(route(25, &PeriodicInterior), "torus");
+        assert_eq!(route(23, &PeriodicInterior), "lanes");
+        assert_eq!(route(21, &PeriodicInterior), "lanes");
+        assert_eq!(route(7, &PeriodicInterior), "lanes");
+        assert_eq!(route(27, &ZeroPadded), "lanes");
+        // Windows larger than the image: only the per-centre transforms
+        // add up offsets that meet modulo the image.
+        let tiny = Shape::new(1, 3, 4).unwrap();
+        let plan = plan(tiny, &square(9), &PeriodicFull);
+        assert!(matches!(choose(&plan), Some(Route::PerCentre(_))));
     }
-
     /// Seeded values in `[-1, 1)`.
-    fn values(count: usize, seed: u64) -> Vec<f64> {
+    pub(in crate::machine) fn values(count: usize, seed: u64) -> Vec<f64> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..count)
             .map(|_| {
@@ -547,7 +594,8 @@ mod tests {
 
     /// The `f32` machine takes the transforms (checked) and agrees with the
     /// `f64` machine, whose kernel sums distances in the pixel domain.
-    fn agrees<E, L>(shape: Shape, images: usize, locality: L, equivariance: E, seed: u64)
+    /// Returns whether the whole-torus route served every time.
+    fn agrees<E, L>(shape: Shape, images: usize, locality: L, equivariance: E, seed: u64) -> bool
     where
         E: Equivariance + Clone + 'static,
         L: Locality + Clone + 'static,
@@ -560,12 +608,14 @@ mod tests {
             Machine::new(wide, LegacyCosine, locality.clone(), equivariance.clone()).unwrap();
         let fast =
             Machine::new(narrow, LegacyCosine, locality.clone(), equivariance.clone()).unwrap();
+        let mut torus = true;
         for (i, t) in [0.2, 0.5, 0.9].into_iter().enumerate() {
             let crate::locality::Window::Patch(patch) = locality.window(t) else {
                 panic!("a patch locality")
             };
             let plan = plan(shape, &patch, &equivariance);
-            assert!(pays(&plan), "{shape} {patch:?}: the transforms are chosen");
+            let route = choose(&plan).expect("the transforms are chosen");
+            torus &= matches!(route, Route::Torus(_));
             let query: Vec<f64> = values(shape.len(), seed + 100 + i as u64);
             let x64 = Image::from_vec(shape, query.clone()).unwrap();
             let x32 = Image::from_vec(shape, query.iter().map(|&v| v as f32).collect()).unwrap();
@@ -578,6 +628,7 @@ mod tests {
                 );
             }
         }
+        torus
     }
 
     /// Folding the lanes after every centre (as images with more than
@@ -619,53 +670,59 @@ mod tests {
 
     #[test]
     fn transforms_agree_with_the_f64_kernel() {
-        // A window one pixel short of the image (4 centres), with and
-        // without a partial last group of eight images.
-        agrees(
-            Shape::new(1, 8, 8).unwrap(),
-            21,
-            SquarePatch::new(7).unwrap(),
-            PeriodicInterior,
-            1,
-        );
-        agrees(
-            Shape::new(1, 8, 8).unwrap(),
-            3,
-            SquarePatch::new(7).unwrap(),
-            PeriodicInterior,
-            2,
-        );
-        // Rectangular images of several channels (sizes 13 and 17 are
-        // prime).
-        agrees(
-            Shape::new(2, 13, 17).unwrap(),
-            10,
-            Patch::offsets(6, 5, 8, 7),
-            PeriodicInterior,
-            3,
-        );
-        agrees(
-            Shape::new(2, 13, 13).unwrap(),
-            9,
-            SquarePatch::new(13).unwrap(),
-            PeriodicInterior,
-            4,
-        );
-        // An asymmetric window.
-        agrees(
-            Shape::new(1, 9, 10).unwrap(),
-            17,
-            Patch::offsets(5, 2, 3, 5),
-            PeriodicInterior,
-            5,
-        );
-        // Windows that wrap around the image more than once.
-        agrees(
-            Shape::new(1, 3, 4).unwrap(),
-            12,
-            SquarePatch::new(9).unwrap(),
-            PeriodicFull,
-            6,
-        );
+        let routes = [
+            // A window one pixel short of the image (4 centres), with and
+            // without a partial last group of eight images.
+            agrees(
+                Shape::new(1, 8, 8).unwrap(),
+                21,
+                SquarePatch::new(7).unwrap(),
+                PeriodicInterior,
+                1,
+            ),
+            agrees(
+                Shape::new(1, 8, 8).unwrap(),
+                3,
+                SquarePatch::new(7).unwrap(),
+                PeriodicInterior,
+                2,
+            ),
+            // Rectangular images of several channels (sizes 13 and 17 are
+            // prime).
+            agrees(
+                Shape::new(2, 13, 17).unwrap(),
+                10,
+                Patch::offsets(6, 5, 8, 7),
+                PeriodicInterior,
+                3,
+            ),
+            agrees(
+                Shape::new(2, 13, 13).unwrap(),
+                9,
+                SquarePatch::new(13).unwrap(),
+                PeriodicInterior,
+                4,
+            ),
+            // An asymmetric window.
+            agrees(
+                Shape::new(1, 9, 10).unwrap(),
+                17,
+                Patch::offsets(5, 2, 3, 5),
+                PeriodicInterior,
+                5,
+            ),
+            // Windows that wrap around the image more than once.
+            agrees(
+                Shape::new(1, 3, 4).unwrap(),
+                12,
+                SquarePatch::new(9).unwrap(),
+                PeriodicFull,
+                6,
+            ),
+        ];
+        // Both routes served: the whole torus where windows are at most a
+        // few lines short of the image, the per-centre transforms where
+        // they are larger than it.
+        assert!(routes.contains(&true) && routes.contains(&false));
     }
 }
