@@ -29,9 +29,14 @@
 //! with `Q` and `A` the squared window norms summed directly, and go
 //! through the same streaming softmax as the lanes ([`fast::add_centre`]).
 //!
+//! Where the windows are at most a few lines short of the image, one
+//! transform of the whole image per training image and corrections for
+//! the lines each window leaves out cost less ([`super::torus`]);
+//! [`choose`] picks the cheaper of the two routes and the lanes.
+//!
 //! Everything is `f64` until the softmax. The rounding of the transforms
 //! is bounded by [`cross_term_error`], which the caller checks against the
-//! exponent budget before choosing this route.
+//! exponent budget before choosing either route.
 
 use std::sync::Arc;
 
