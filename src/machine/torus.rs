@@ -30,6 +30,11 @@
 //! sums. The window norms follow the same pattern:
 //! `A(y) = |a p|^2 - sum_e |a p(e, .)|^2 - sum_f |a p(., f)|^2 + sum_e sum_f (a p(e, f))^2`.
 //!
+//! The tables take `2 H W` values of eight lanes per left-out line; where
+//! they would pass [`MAX_TABLE_BYTES`] per worker (fully periodic windows
+//! on large images leave out every line from some centre) the route is
+//! not offered.
+//!
 //! For an ELS window one pixel short of the image this costs one pair of
 //! transforms per two training images, where the per-centre route pays one
 //! pair per centre, and about `W + H` products per line value. Everything
@@ -76,6 +81,18 @@ pub(crate) struct TorusPlan {
     fold_centres: Option<usize>,
 }
 
+/// The most memory the line tables of one worker may take: windows that
+/// wrap around large images (periodic ELS) leave out every line of the
+/// image from some centre, and their tables grow as `(H + W) H W`
+/// (about 67 MB on 64x64 images).
+const MAX_TABLE_BYTES: usize = 16 << 20;
+
+/// The bytes of the tables of `lines` left-out lines on images of
+/// `positions` pixels: `2 positions` values of eight `f64` lanes each.
+fn table_bytes(lines: usize, positions: usize) -> usize {
+    lines * 2 * positions * std::mem::size_of::<WideLanes>()
+}
+
 /// For an axis of `len` coordinates and a window reaching `before`
 /// coordinates before its centre and covering `side`, the coordinates the
 /// window of centre `y` leaves out: `y - before + side .. y - before + len`,
@@ -89,7 +106,8 @@ fn left_out(y: usize, before: usize, side: usize, len: usize) -> Vec<usize> {
 impl TorusPlan {
     /// The whole-torus route for `plan`, if its query windows wrap (a
     /// periodic boundary), its windows are uniform and no larger than the
-    /// image.
+    /// image, and the tables of its left-out lines take at most
+    /// [`MAX_TABLE_BYTES`] per worker.
     pub fn new(plan: &Plan) -> Option<Self> {
         let shape = plan.shape;
         let (height, width) = (shape.height, shape.width);
@@ -135,6 +153,9 @@ impl TorusPlan {
         };
         let (line_rows, left_out_rows) = lines(&taken_rows, patch.up(), patch.height(), height);
         let (line_cols, left_out_cols) = lines(&taken_cols, patch.left(), patch.width(), width);
+        if table_bytes(line_rows.len() + line_cols.len(), shape.positions()) > MAX_TABLE_BYTES {
+            return None;
+        }
         let mut planner = FftPlanner::<f64>::new();
         let (most_rows, most_cols) = fast::most_candidates(plan);
         let most = most_rows * most_cols;
@@ -999,6 +1020,15 @@ mod tests {
         assert!(
             TorusPlan::new(&plan(shape, &Patch::offsets(14, 14, 3, 3), &PeriodicFull)).is_none()
         );
+        // Periodic windows one line short of a 64x64 image leave out all
+        // 128 lines (from some centre): their tables would take 67 MB.
+        let large = Shape::new(1, 64, 64).unwrap();
+        let patch = Patch::offsets(31, 31, 31, 31);
+        assert!(TorusPlan::new(&plan(large, &patch, &PeriodicFull)).is_none());
+        assert_eq!(table_bytes(128, 64 * 64), 67_108_864);
+        // Interior windows on the same image leave out only 2 rows and 2
+        // columns.
+        assert!(TorusPlan::new(&plan(large, &patch, &PeriodicInterior)).is_some());
     }
 
     /// `count` training images of `shape`, seeded, with the lines listed
