@@ -221,11 +221,14 @@ const LINE_COST: f64 = 0.25;
 ///
 /// Calibrated as [`LINE_COST`]: with the softmax taken out (its share of
 /// the per-centre route's time at the same side), forming the 37 terms of
-/// each distance at k = 23 cost 0.59 and the 17 terms at k = 25 0.72 lane
-/// cross terms each. The whole-torus route then loses to the lanes at
-/// k = 23 (0.091 s against 0.076 s) and beats the per-centre transforms at
-/// k = 25 (0.031 s against 0.037 s) and k = 27 (7.9 ms against 10.5 ms).
-const FORM_COST: f64 = 0.65;
+/// each distance at k = 23 cost 0.53 and the 17 terms at k = 25 0.60 lane
+/// cross terms each. On those noisy digits the whole-torus route then
+/// loses to the lanes at k = 23 (0.085 s against 0.076 s) and beats the
+/// per-centre transforms at k = 25 (0.028 s against 0.037 s) and k = 27.
+/// (On the plain digits, whose left-out lines are mostly constant, it
+/// would also win at k = 23, 0.070 s against 0.076 s; the model assumes
+/// lines that are not.)
+const FORM_COST: f64 = 0.55;
 
 /// Everything a worker needs that is shared by all training images.
 pub(crate) struct TorusJob<'a> {
@@ -277,8 +280,7 @@ pub(crate) struct TorusScratch {
     /// Per crossing of a left-out row and column, and channel, the scaled
     /// value there.
     crossings: Vec<WideLanes>,
-    /// The cross terms of one output row, and a row of zeros.
-    cross: Vec<WideLanes>,
+    /// A row of zeros.
     zeros: Vec<WideLanes>,
     distances: Vec<WideLanes>,
     state: LaneState,
@@ -372,7 +374,6 @@ impl TorusJob<'_> {
             col_norms: vec![[0.0; LANES]; cols],
             crossing_norms: vec![[0.0; LANES]; rows * cols],
             crossings: vec![[0.0; LANES]; rows * cols * channels],
-            cross: vec![[0.0; LANES]; width],
             zeros: vec![[0.0; LANES]; width],
             distances: vec![[0.0; LANES]; plane_len],
             state: LaneState::new(shape.positions(), channels),
@@ -810,7 +811,6 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
         col_norms,
         crossing_norms,
         crossings,
-        cross,
         zeros,
         distances,
         ..
@@ -900,50 +900,56 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
         }
         return;
     }
+    // Windows further short of the image: the terms of each row are
+    // gathered first (table rows to take away, constant lines' values,
+    // query rows and values of the crossings), then summed in one pass
+    // (about 2% slower than the pass above at k = 27).
+    let mut subtract: Vec<&[WideLanes]> = Vec::with_capacity(left_rows.len() + left_cols.len());
+    let mut corners: Vec<(&[f64], V::Wide)> =
+        Vec::with_capacity(left_rows.len() * left_cols.len() * channels);
     for &x_r in &torus.row_takers[centre.row] {
         let v_r = (x_r + height - centre.row) % height;
-        cross.copy_from_slice(&whole[v_r * 2 * width + start..][..width]);
+        subtract.clear();
+        corners.clear();
+        let mut constant = V::Wide::splat(0.0);
         for &e in left_rows {
             let r = (torus.line_rows[e] + v_r) % height;
             let table = &row_tables[e * 2 * plane_len + r * 2 * width..][..2 * width];
             if constant_rows[e] {
-                let value = V::Wide::load(&table[0]);
-                for c in cross.iter_mut() {
-                    V::Wide::load(c).sub(value).store(c);
-                }
+                constant = constant.add(V::Wide::load(&table[0]));
             } else {
-                for (c, t) in cross.iter_mut().zip(&table[start..]) {
-                    V::Wide::load(c).sub(V::Wide::load(t)).store(c);
-                }
+                subtract.push(&table[start..][..width]);
             }
             for &f in left_cols {
                 let s = (torus.line_cols[f] + start) % width;
                 for channel in 0..channels {
                     let value = V::Wide::load(&crossings[(e * lines + f) * channels + channel]);
-                    let q = &query_rows[channel][r * stride + s..][..width];
-                    for (c, &q) in cross.iter_mut().zip(q) {
-                        V::Wide::splat(q).mul_add(value, V::Wide::load(c)).store(c);
-                    }
+                    corners.push((&query_rows[channel][r * stride + s..][..width], value));
                 }
             }
         }
         for &f in left_cols {
             let s = (torus.line_cols[f] + start) % width;
             let row = if constant_cols[f] { 0 } else { v_r };
-            let table = &col_tables[f * 2 * plane_len + row * 2 * width + s..][..width];
-            for (c, t) in cross.iter_mut().zip(table) {
-                V::Wide::load(c).sub(V::Wide::load(t)).store(c);
-            }
+            subtract.push(&col_tables[f * 2 * plane_len + row * 2 * width + s..][..width]);
         }
+        let whole = &whole[v_r * 2 * width + start..][..width];
         let out = &mut distances[x_r * width..][..width];
         let norms = &query_norms[x_r * width..][..width];
-        for ((d, c), &q) in out.iter_mut().zip(cross.iter()).zip(norms) {
+        for x_c in 0..width {
+            let mut c = V::Wide::load(&whole[x_c]).sub(constant);
+            for table in &subtract {
+                c = c.sub(V::Wide::load(&table[x_c]));
+            }
+            for (q, value) in &corners {
+                c = V::Wide::splat(q[x_c]).mul_add(*value, c);
+            }
             // d = Q + A - 2 C, lanes without an image far above any.
-            V::Wide::splat(q)
+            V::Wide::splat(norms[x_c])
                 .add(window_norm)
-                .sub(V::Wide::load(c).mul(two))
+                .sub(c.mul(two))
                 .max(absent)
-                .store(d);
+                .store(&mut out[x_c]);
         }
     }
 }
