@@ -37,7 +37,8 @@
 //!
 //! For an ELS window one pixel short of the image this costs one pair of
 //! transforms per two training images, where the per-centre route pays one
-//! pair per centre, and about `W + H` products per line value. Everything
+//! pair per centre, four line tables (of `W` or `H` products per value, or
+//! none for constant lines) and four terms per distance. Everything
 //! is `f64` until the softmax; the rounding of `G` is bounded like that of
 //! the per-centre transforms (with the whole image as window) and the line
 //! sums add at most `(H + W) eps` of the same magnitudes.
