@@ -3,6 +3,7 @@
 
 mod distinct;
 mod fast;
+mod fourier;
 mod kernel;
 mod mosaic;
 mod plan;

@@ -38,18 +38,12 @@
 //! is bounded by [`cross_term_error`], which the caller checks against the
 //! exponent budget before choosing either route.
 
-use std::sync::Arc;
-
-use rustfft::num_complex::Complex;
-use rustfft::{Fft, FftPlanner};
-
 use super::fast::{self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
+use super::fourier::{C64, Group, GroupScratch, Transforms, multiply, run_in_groups};
 use super::plan::{AxisPlan, Plan, joined_shifts};
 use super::posterior::PartialPosterior;
 use super::torus::TorusPlan;
 use crate::equivariance::Boundary;
-
-type C64 = Complex<f64>;
 
 /// One candidate centre, `(row, col)` in the image.
 pub(super) struct Centre {
@@ -76,10 +70,7 @@ pub(crate) struct SpectralPlan {
     /// The rows of the turned window that receive a value, as runs of
     /// consecutive rows (transformed in one call each).
     touched_rows: Vec<std::ops::Range<usize>>,
-    forward_rows: Arc<dyn Fft<f64>>,
-    forward_cols: Arc<dyn Fft<f64>>,
-    inverse_rows: Arc<dyn Fft<f64>>,
-    inverse_cols: Arc<dyn Fft<f64>>,
+    transforms: Transforms,
     /// Groups of eight images between folds of the lane states, and, when
     /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
     /// between folds.
@@ -163,7 +154,6 @@ impl SpectralPlan {
                 _ => touched_rows.push(row..row + 1),
             }
         }
-        let mut planner = FftPlanner::<f64>::new();
         // The most centres any output pixel takes from one image.
         let (most_rows, most_cols) = fast::most_candidates(plan);
         let most = most_rows * most_cols;
@@ -176,10 +166,7 @@ impl SpectralPlan {
             row_sources,
             col_sources,
             touched_rows,
-            forward_rows: planner.plan_fft_forward(width),
-            forward_cols: planner.plan_fft_forward(height),
-            inverse_rows: planner.plan_fft_inverse(width),
-            inverse_cols: planner.plan_fft_inverse(height),
+            transforms: Transforms::new(height, width),
             fold_every: (FOLD_TERMS / most).max(1),
             fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
         })
@@ -291,11 +278,7 @@ pub(crate) struct SpectralScratch {
     query: Vec<Vec<C64>>,
     /// `Q(x)`, the squared norm of the query window at every output pixel.
     query_norms: Vec<f64>,
-    /// The images of the current group times the signal scale.
-    scaled: Vec<Vec<f64>>,
-    /// The images of the current group, for the centre values.
-    group: Vec<Vec<f32>>,
-    filled: usize,
+    group: Group,
     /// One image-sized plane and its transpose.
     plane: Vec<C64>,
     transposed: Vec<C64>,
@@ -305,12 +288,12 @@ pub(crate) struct SpectralScratch {
     state: LaneState,
 }
 
-/// Transposes the `rows x cols` matrix `from` into `to`.
-pub(super) fn transpose(from: &[C64], to: &mut [C64], rows: usize, cols: usize) {
-    for (r, row) in from.chunks_exact(cols).enumerate() {
-        for (c, &value) in row.iter().enumerate() {
-            to[c * rows + r] = value;
-        }
+impl GroupScratch for SpectralScratch {
+    fn group(&mut self) -> &mut Group {
+        &mut self.group
+    }
+    fn state(&mut self) -> &mut LaneState {
+        &mut self.state
     }
 }
 
@@ -319,44 +302,15 @@ impl SpectralJob<'_> {
         let plan = self.plan;
         let shape = plan.shape;
         let (height, width) = (shape.height, shape.width);
-        let spectral = self.spectral;
-        let scratch_len = [
-            &spectral.forward_rows,
-            &spectral.forward_cols,
-            &spectral.inverse_rows,
-            &spectral.inverse_cols,
-        ]
-        .iter()
-        .map(|fft| fft.get_inplace_scratch_len())
-        .max()
-        .unwrap_or(0);
-        let mut fft_scratch = vec![C64::default(); scratch_len];
-        let mut plane = vec![C64::default(); height * width];
-        let query_spectra = query
-            .chunks_exact(height * width)
-            .map(|channel| {
-                for (z, &v) in plane.iter_mut().zip(channel) {
-                    *z = C64::new(v as f64, 0.0);
-                }
-                let mut transposed = vec![C64::default(); height * width];
-                spectral
-                    .forward_rows
-                    .process_with_scratch(&mut plane, &mut fft_scratch);
-                transpose(&plane, &mut transposed, height, width);
-                spectral
-                    .forward_cols
-                    .process_with_scratch(&mut transposed, &mut fft_scratch);
-                transposed
-            })
-            .collect();
+        let transforms = &self.spectral.transforms;
+        let mut fft_scratch = transforms.scratch();
+        let query_spectra = transforms.query_spectra(query, &mut fft_scratch);
         let padded_query = plan.padded(query);
         SpectralScratch {
             query: query_spectra,
             query_norms: fast::query_window_norms(plan, &padded_query),
-            scaled: vec![Vec::new(); LANES],
-            group: vec![Vec::new(); LANES],
-            filled: 0,
-            plane,
+            group: Group::new(),
+            plane: vec![C64::default(); height * width],
             transposed: vec![C64::default(); height * width],
             product: vec![C64::default(); height * width],
             fft_scratch,
@@ -372,38 +326,21 @@ impl SpectralJob<'_> {
         scratch: &mut SpectralScratch,
         posterior: &mut PartialPosterior,
     ) {
-        let mut pending = 0;
-        for image in images {
-            let lane = scratch.filled;
-            let scaled = &mut scratch.scaled[lane];
-            scaled.clear();
-            scaled.extend(image.iter().map(|&v| self.signal * v as f64));
-            scratch.group[lane].clear();
-            scratch.group[lane].extend_from_slice(image);
-            scratch.filled += 1;
-            if scratch.filled == LANES {
-                self.flush(scratch, posterior);
-                pending += 1;
-                if pending == self.spectral.fold_every {
-                    scratch.state.fold_into(posterior, self.beta);
-                    pending = 0;
-                }
-            }
-        }
-        if scratch.filled > 0 {
-            self.flush(scratch, posterior);
-            pending += 1;
-        }
-        if pending > 0 {
-            scratch.state.fold_into(posterior, self.beta);
-        }
+        let settings = (self.signal, self.beta, self.spectral.fold_every);
+        run_in_groups(
+            images,
+            scratch,
+            posterior,
+            settings,
+            |scratch, posterior| self.flush(scratch, posterior),
+        );
     }
 
     /// Adds every centre of the images of the current group.
     fn flush(&self, scratch: &mut SpectralScratch, posterior: &mut PartialPosterior) {
         let shape = self.plan.shape;
         let spectral = self.spectral;
-        let filled = scratch.filled;
+        let filled = scratch.group.filled;
         // Lanes without an image are no candidate anywhere.
         for d in scratch.distances.iter_mut() {
             d[filled..].fill(NOT_A_CANDIDATE);
@@ -419,12 +356,9 @@ impl SpectralJob<'_> {
             for pair in 0..filled.div_ceil(2) {
                 self.cross_terms(scratch, centre, [2 * pair, 2 * pair + 1]);
             }
-            for (channel, lanes) in values.iter_mut().enumerate() {
-                let at = channel * shape.positions() + centre.row * shape.width + centre.col;
-                for (lane, v) in lanes[..filled].iter_mut().enumerate() {
-                    *v = scratch.group[lane][at];
-                }
-            }
+            scratch
+                .group
+                .values_at(shape, (centre.row, centre.col), &mut values);
             fast::add_centre(
                 self.beta,
                 &scratch.distances,
@@ -437,7 +371,6 @@ impl SpectralJob<'_> {
                 &mut scratch.state,
             );
         }
-        scratch.filled = 0;
     }
 
     /// Writes into `scratch.distances` the distances of lanes `lanes` (the
@@ -452,8 +385,7 @@ impl SpectralJob<'_> {
         let SpectralScratch {
             query,
             query_norms,
-            scaled,
-            filled,
+            group,
             plane,
             transposed,
             product,
@@ -461,7 +393,8 @@ impl SpectralJob<'_> {
             distances,
             ..
         } = scratch;
-        let second = lanes[1] < *filled;
+        let scaled = &group.scaled;
+        let second = lanes[1] < group.filled;
         let mut norms = [0.0; 2];
         for (channel, query) in query.iter().enumerate() {
             plane.fill(C64::default());
@@ -489,33 +422,11 @@ impl SpectralJob<'_> {
                     out[target_col] += C64::new(re, im);
                 }
             }
-            for rows in &spectral.touched_rows {
-                spectral.forward_rows.process_with_scratch(
-                    &mut plane[rows.start * width..rows.end * width],
-                    fft_scratch,
-                );
-            }
-            transpose(plane, transposed, height, width);
-            spectral
-                .forward_cols
-                .process_with_scratch(transposed, fft_scratch);
-            if channel == 0 {
-                for ((p, k), q) in product.iter_mut().zip(transposed.iter()).zip(query) {
-                    *p = k * q;
-                }
-            } else {
-                for ((p, k), q) in product.iter_mut().zip(transposed.iter()).zip(query) {
-                    *p += k * q;
-                }
-            }
+            let transforms = &spectral.transforms;
+            transforms.forward(plane, &spectral.touched_rows, transposed, fft_scratch);
+            multiply(product, transposed, query, channel == 0);
         }
-        spectral
-            .inverse_cols
-            .process_with_scratch(product, fft_scratch);
-        transpose(product, plane, width, height);
-        spectral
-            .inverse_rows
-            .process_with_scratch(plane, fft_scratch);
+        spectral.transforms.inverse(product, plane, fft_scratch);
         let [norm_first, norm_second] = norms;
         // d = Q + A - 2 C, with the transforms' factor H W taken out of C.
         let scale = 2.0 / shape.positions() as f64;

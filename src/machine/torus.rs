@@ -43,20 +43,14 @@
 //! the per-centre transforms (with the whole image as window) and the line
 //! sums add at most `(H + W) eps` of the same magnitudes.
 
-use std::sync::Arc;
-
-use rustfft::num_complex::Complex;
-use rustfft::{Fft, FftPlanner};
-
 use super::fast::{
     self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, Portable, Vector, Wide, WideLanes,
 };
+use super::fourier::{C64, Group, GroupScratch, Transforms, multiply, run_in_groups};
 use super::plan::Plan;
 use super::posterior::PartialPosterior;
-use super::spectral::{Centre, takers, transpose};
+use super::spectral::{Centre, takers};
 use crate::equivariance::Boundary;
-
-type C64 = Complex<f64>;
 
 /// What the whole-torus route needs of a [`Plan`].
 pub(crate) struct TorusPlan {
@@ -71,10 +65,7 @@ pub(crate) struct TorusPlan {
     /// The training rows (columns) some taken centre leaves out.
     line_rows: Vec<usize>,
     line_cols: Vec<usize>,
-    forward_rows: Arc<dyn Fft<f64>>,
-    forward_cols: Arc<dyn Fft<f64>>,
-    inverse_rows: Arc<dyn Fft<f64>>,
-    inverse_cols: Arc<dyn Fft<f64>>,
+    transforms: Transforms,
     /// Groups of eight images between folds of the lane states, and, when
     /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
     /// between folds.
@@ -157,7 +148,6 @@ impl TorusPlan {
         if table_bytes(line_rows.len() + line_cols.len(), shape.positions()) > MAX_TABLE_BYTES {
             return None;
         }
-        let mut planner = FftPlanner::<f64>::new();
         let (most_rows, most_cols) = fast::most_candidates(plan);
         let most = most_rows * most_cols;
         Some(TorusPlan {
@@ -168,10 +158,7 @@ impl TorusPlan {
             left_out_cols,
             line_rows,
             line_cols,
-            forward_rows: planner.plan_fft_forward(width),
-            forward_cols: planner.plan_fft_forward(height),
-            inverse_rows: planner.plan_fft_inverse(width),
-            inverse_cols: planner.plan_fft_inverse(height),
+            transforms: Transforms::new(height, width),
             fold_every: (FOLD_TERMS / most).max(1),
             fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
         })
@@ -252,11 +239,7 @@ pub(crate) struct TorusScratch {
     query_col_sums: Vec<Vec<f64>>,
     /// `Q(x)`, the squared norm of the query window at every output pixel.
     query_norms: Vec<f64>,
-    /// The images of the current group times the signal scale, and as
-    /// they are, for the centre values.
-    scaled: Vec<Vec<f64>>,
-    group: Vec<Vec<f32>>,
-    filled: usize,
+    group: Group,
     plane: Vec<C64>,
     transposed: Vec<C64>,
     product: Vec<C64>,
@@ -287,6 +270,15 @@ pub(crate) struct TorusScratch {
     state: LaneState,
 }
 
+impl GroupScratch for TorusScratch {
+    fn group(&mut self) -> &mut Group {
+        &mut self.group
+    }
+    fn state(&mut self) -> &mut LaneState {
+        &mut self.state
+    }
+}
+
 impl TorusJob<'_> {
     pub fn scratch(&self, query: &[f32]) -> TorusScratch {
         let plan = self.plan;
@@ -294,36 +286,14 @@ impl TorusJob<'_> {
         let (height, width) = (shape.height, shape.width);
         let plane_len = height * width;
         let torus = self.torus;
-        let scratch_len = [
-            &torus.forward_rows,
-            &torus.forward_cols,
-            &torus.inverse_rows,
-            &torus.inverse_cols,
-        ]
-        .iter()
-        .map(|fft| fft.get_inplace_scratch_len())
-        .max()
-        .unwrap_or(0);
-        let mut fft_scratch = vec![C64::default(); scratch_len];
-        let mut plane = vec![C64::default(); plane_len];
-        let mut query_spectra = Vec::new();
+        let transforms = &torus.transforms;
+        let mut fft_scratch = transforms.scratch();
+        let query_spectra = transforms.query_spectra(query, &mut fft_scratch);
         let mut query_rows = Vec::new();
         let mut query_cols = Vec::new();
         let mut query_row_sums = Vec::new();
         let mut query_col_sums = Vec::new();
         for channel in query.chunks_exact(plane_len) {
-            for (z, &v) in plane.iter_mut().zip(channel) {
-                *z = C64::new(v as f64, 0.0);
-            }
-            let mut transposed = vec![C64::default(); plane_len];
-            torus
-                .forward_rows
-                .process_with_scratch(&mut plane, &mut fft_scratch);
-            transpose(&plane, &mut transposed, height, width);
-            torus
-                .forward_cols
-                .process_with_scratch(&mut transposed, &mut fft_scratch);
-            query_spectra.push(transposed);
             let value = |r: usize, c: usize| channel[r * width + c] as f64;
             query_rows.push(
                 (0..height)
@@ -357,10 +327,8 @@ impl TorusJob<'_> {
             query_row_sums,
             query_col_sums,
             query_norms: fast::query_window_norms(plan, &padded_query),
-            scaled: vec![Vec::new(); LANES],
-            group: vec![Vec::new(); LANES],
-            filled: 0,
-            plane,
+            group: Group::new(),
+            plane: vec![C64::default(); plane_len],
             transposed: vec![C64::default(); plane_len],
             product: vec![C64::default(); plane_len],
             fft_scratch,
@@ -388,39 +356,21 @@ impl TorusJob<'_> {
         scratch: &mut TorusScratch,
         posterior: &mut PartialPosterior,
     ) {
-        let mut pending = 0;
-        for image in images {
-            let lane = scratch.filled;
-            let scaled = &mut scratch.scaled[lane];
-            scaled.clear();
-            scaled.extend(image.iter().map(|&v| self.signal * v as f64));
-            scratch.group[lane].clear();
-            scratch.group[lane].extend_from_slice(image);
-            scratch.filled += 1;
-            if scratch.filled == LANES {
-                self.flush(scratch, posterior);
-                pending += 1;
-                if pending == self.torus.fold_every {
-                    scratch.state.fold_into(posterior, self.beta);
-                    pending = 0;
-                }
-            }
-        }
-        if scratch.filled > 0 {
-            self.flush(scratch, posterior);
-            pending += 1;
-        }
-        if pending > 0 {
-            scratch.state.fold_into(posterior, self.beta);
-        }
+        let settings = (self.signal, self.beta, self.torus.fold_every);
+        run_in_groups(
+            images,
+            scratch,
+            posterior,
+            settings,
+            |scratch, posterior| self.flush(scratch, posterior),
+        );
     }
 
     /// Adds every centre of the images of the current group.
     fn flush(&self, scratch: &mut TorusScratch, posterior: &mut PartialPosterior) {
         let shape = self.plan.shape;
         let torus = self.torus;
-        let filled = scratch.filled;
-        for pair in 0..filled.div_ceil(2) {
+        for pair in 0..scratch.group.filled.div_ceil(2) {
             self.whole_correlation(scratch, [2 * pair, 2 * pair + 1]);
         }
         self.line_tables(scratch);
@@ -433,12 +383,9 @@ impl TorusJob<'_> {
                 scratch.state.fold_into(posterior, self.beta);
             }
             self.form_distances(scratch, centre);
-            for (channel, lanes) in values.iter_mut().enumerate() {
-                let at = channel * shape.positions() + centre.row * shape.width + centre.col;
-                for (lane, v) in lanes[..filled].iter_mut().enumerate() {
-                    *v = scratch.group[lane][at];
-                }
-            }
+            scratch
+                .group
+                .values_at(shape, (centre.row, centre.col), &mut values);
             fast::add_centre(
                 self.beta,
                 &scratch.distances,
@@ -451,7 +398,6 @@ impl TorusJob<'_> {
                 &mut scratch.state,
             );
         }
-        scratch.filled = 0;
     }
 
     /// Writes `G(v)` of lanes `lanes` (the second may be past the group's
@@ -464,8 +410,7 @@ impl TorusJob<'_> {
         let torus = self.torus;
         let TorusScratch {
             query_spectra,
-            scaled,
-            filled,
+            group,
             plane,
             transposed,
             product,
@@ -474,7 +419,8 @@ impl TorusJob<'_> {
             full_norms,
             ..
         } = scratch;
-        let second = lanes[1] < *filled;
+        let scaled = &group.scaled;
+        let second = lanes[1] < group.filled;
         let mut norms = [0.0; 2];
         for (channel, query) in query_spectra.iter().enumerate() {
             let first = &scaled[lanes[0]][channel * plane_len..][..plane_len];
@@ -499,26 +445,11 @@ impl TorusJob<'_> {
                     *t = C64::new(re, im);
                 }
             }
-            torus.forward_rows.process_with_scratch(plane, fft_scratch);
-            transpose(plane, transposed, height, width);
-            torus
-                .forward_cols
-                .process_with_scratch(transposed, fft_scratch);
-            if channel == 0 {
-                for ((p, k), q) in product.iter_mut().zip(transposed.iter()).zip(query) {
-                    *p = k * q;
-                }
-            } else {
-                for ((p, k), q) in product.iter_mut().zip(transposed.iter()).zip(query) {
-                    *p += k * q;
-                }
-            }
+            let transforms = &torus.transforms;
+            transforms.forward_whole(plane, transposed, fft_scratch);
+            multiply(product, transposed, query, channel == 0);
         }
-        torus
-            .inverse_cols
-            .process_with_scratch(product, fft_scratch);
-        transpose(product, plane, width, height);
-        torus.inverse_rows.process_with_scratch(plane, fft_scratch);
+        torus.transforms.inverse(product, plane, fft_scratch);
         // The convolution at `v`, `sum_m q(v - m) K(m) = sum_z q(z) a p(z - v)`,
         // is `G(v)` (with `z` renamed) times the transforms' factor `H W`.
         let scale = 1.0 / plane_len as f64;
@@ -547,13 +478,12 @@ impl TorusJob<'_> {
         let plane_len = height * width;
         let channels = shape.channels;
         let torus = self.torus;
-        let filled = scratch.filled;
         let TorusScratch {
             query_rows,
             query_cols,
             query_row_sums,
             query_col_sums,
-            scaled,
+            group,
             row_tables,
             col_tables,
             constant_rows,
@@ -565,6 +495,7 @@ impl TorusJob<'_> {
             crossings,
             ..
         } = scratch;
+        let (scaled, filled) = (&group.scaled, group.filled);
         // Rows: `Row_e(r, v) = sum_c sum_j q(c, r, j + v) a p(c, e, j)`,
         // stored at `r * 2W + v` and `r * 2W + v + W`.
         for (slot, &e) in torus.line_rows.iter().enumerate() {
@@ -795,7 +726,7 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
     let channels = shape.channels;
     let plane_len = height * width;
     let torus = job.torus;
-    let filled = scratch.filled;
+    let filled = scratch.group.filled;
     let left_rows = &torus.left_out_rows[centre.row];
     let left_cols = &torus.left_out_cols[centre.col];
     let lines = torus.line_cols.len();
