@@ -587,81 +587,54 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 return posterior;
             }
         }
-        if kernel.spectral {
-            match spectral::choose(plan) {
-                Some(spectral::Route::PerCentre(spectral)) => {
-                    return self.stream_spectral(plan, &spectral, images, query, kernel, rows);
-                }
-                Some(spectral::Route::Torus(torus)) => {
-                    return self.stream_torus(plan, &torus, images, query, kernel, rows);
-                }
-                None => {}
-            }
+        if kernel.spectral
+            && let Some(route) = spectral::choose(plan)
+        {
+            return self.stream_transforms(plan, &route, images, query, kernel, rows);
         }
         self.stream_lanes(plan, images, query, kernel, rows)
     }
 
-    /// Cross terms by one transform per image and line corrections, see
-    /// [`torus`].
-    fn stream_torus(
+    /// Cross terms by Fourier transforms, per candidate centre (see
+    /// [`spectral`]) or per image with line corrections (see [`torus`]).
+    fn stream_transforms(
         &self,
         plan: &Plan,
-        torus: &torus::TorusPlan,
+        route: &spectral::Route,
         images: &[f32],
         query: &[f32],
         kernel: LaneKernel,
         rows: &[usize],
     ) -> PartialPosterior {
         let shape = self.training.shape();
-        let job = torus::TorusJob {
-            plan,
-            torus,
-            signal: kernel.signal,
-            beta: kernel.beta,
-        };
+        let (signal, beta) = (kernel.signal, kernel.beta);
         let len = shape.len();
         let chunk = |rows: &[usize]| {
-            let mut posterior = PartialPosterior::new(shape, kernel.beta);
-            let mut scratch = job.scratch(query);
-            job.run(
-                rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
-                &mut scratch,
-                &mut posterior,
-            );
+            let mut posterior = PartialPosterior::new(shape, beta);
+            let images = rows.iter().map(|&row| &images[row * len..(row + 1) * len]);
+            match route {
+                spectral::Route::PerCentre(spectral) => {
+                    let job = spectral::SpectralJob {
+                        plan,
+                        spectral,
+                        signal,
+                        beta,
+                    };
+                    job.run(images, &mut job.scratch(query), &mut posterior);
+                }
+                spectral::Route::Torus(torus) => {
+                    let job = torus::TorusJob {
+                        plan,
+                        torus,
+                        signal,
+                        beta,
+                    };
+                    job.run(images, &mut job.scratch(query), &mut posterior);
+                }
+            }
             posterior
         };
-        self.reduce(rows, fast::chunk_len(rows.len()), kernel.beta, chunk)
-    }
-
-    /// Cross terms by Fourier transforms, see [`spectral`].
-    fn stream_spectral(
-        &self,
-        plan: &Plan,
-        spectral: &spectral::SpectralPlan,
-        images: &[f32],
-        query: &[f32],
-        kernel: LaneKernel,
-        rows: &[usize],
-    ) -> PartialPosterior {
-        let shape = self.training.shape();
-        let job = spectral::SpectralJob {
-            plan,
-            spectral,
-            signal: kernel.signal,
-            beta: kernel.beta,
-        };
-        let len = shape.len();
-        let chunk = |rows: &[usize]| {
-            let mut posterior = PartialPosterior::new(shape, kernel.beta);
-            let mut scratch = job.scratch(query);
-            job.run(
-                rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
-                &mut scratch,
-                &mut posterior,
-            );
-            posterior
-        };
-        self.reduce(rows, fast::chunk_len(rows.len()), kernel.beta, chunk)
+        self.reduce(rows, fast::chunk_len(rows.len()), beta, chunk)
     }
 
     /// Eight candidates at a time, see [`fast`].
