@@ -43,6 +43,8 @@
 //! the per-centre transforms (with the whole image as window) and the line
 //! sums add at most `(H + W) eps` of the same magnitudes.
 
+use std::sync::OnceLock;
+
 use super::fast::{
     self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, Portable, Vector, Wide, WideLanes,
 };
@@ -65,7 +67,9 @@ pub(crate) struct TorusPlan {
     /// The training rows (columns) some taken centre leaves out.
     line_rows: Vec<usize>,
     line_cols: Vec<usize>,
-    transforms: Transforms,
+    /// Planned on first use: the cost model builds plans it then drops.
+    transforms: OnceLock<Transforms>,
+    shape: (usize, usize),
     /// Groups of eight images between folds of the lane states, and, when
     /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
     /// between folds.
@@ -158,10 +162,18 @@ impl TorusPlan {
             left_out_cols,
             line_rows,
             line_cols,
-            transforms: Transforms::new(height, width),
+            transforms: OnceLock::new(),
+            shape: (height, width),
             fold_every: (FOLD_TERMS / most).max(1),
             fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
         })
+    }
+
+    /// The transforms of the image's size.
+    fn transforms(&self) -> &Transforms {
+        let (height, width) = self.shape;
+        self.transforms
+            .get_or_init(|| Transforms::new(height, width))
     }
 
     /// The work of one training image in lane cross terms (see
@@ -286,7 +298,7 @@ impl TorusJob<'_> {
         let (height, width) = (shape.height, shape.width);
         let plane_len = height * width;
         let torus = self.torus;
-        let transforms = &torus.transforms;
+        let transforms = torus.transforms();
         let mut fft_scratch = transforms.scratch();
         let query_spectra = transforms.query_spectra(query, &mut fft_scratch);
         let mut query_rows = Vec::new();
@@ -445,11 +457,11 @@ impl TorusJob<'_> {
                     *t = C64::new(re, im);
                 }
             }
-            let transforms = &torus.transforms;
+            let transforms = torus.transforms();
             transforms.forward_whole(plane, transposed, fft_scratch);
             multiply(product, transposed, query, channel == 0);
         }
-        torus.transforms.inverse(product, plane, fft_scratch);
+        torus.transforms().inverse(product, plane, fft_scratch);
         // The convolution at `v`, `sum_m q(v - m) K(m) = sum_z q(z) a p(z - v)`,
         // is `G(v)` (with `z` renamed) times the transforms' factor `H W`.
         let scale = 1.0 / plane_len as f64;
