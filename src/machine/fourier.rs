@@ -9,11 +9,123 @@ use std::sync::Arc;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
-use super::fast::{LANES, LaneState, Lanes};
+use super::fast::{self, FOLD_TERMS, LANES, LaneState, Lanes, WideLanes};
+use super::plan::{AxisPlan, Plan};
 use super::posterior::PartialPosterior;
 use crate::image::Shape;
 
 pub(super) type C64 = Complex<f64>;
+
+/// One candidate centre, `(row, col)` in the image.
+pub(super) struct Centre {
+    pub row: usize,
+    pub col: usize,
+}
+
+/// For each coordinate of an axis, the output coordinates whose candidate
+/// centres include it.
+fn takers(axis: &AxisPlan, len: usize) -> Vec<Vec<usize>> {
+    let mut takers = vec![Vec::new(); len];
+    for shift in &axis.shifts {
+        for &q in &shift.queries {
+            takers[(q as isize + shift.delta) as usize].push(q);
+        }
+    }
+    for list in &mut takers {
+        list.sort_unstable();
+    }
+    takers
+}
+
+/// The candidate centres of a plan, which output pixels take each, and
+/// how often the lanes fold so that no lane sums more than [`FOLD_TERMS`]
+/// terms.
+pub(super) struct Centres {
+    /// Every centre some output pixel takes, row by row.
+    pub list: Vec<Centre>,
+    /// Per centre row (column), the output rows (columns) that take it.
+    pub row_takers: Vec<Vec<usize>>,
+    pub col_takers: Vec<Vec<usize>>,
+    /// Groups of eight images between folds of the lane states, and, when
+    /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
+    /// between folds.
+    pub fold_every: usize,
+    pub fold_centres: Option<usize>,
+}
+
+impl Centres {
+    pub fn new(plan: &Plan) -> Self {
+        let row_takers = takers(&plan.rows, plan.shape.height);
+        let col_takers = takers(&plan.cols, plan.shape.width);
+        let mut list = Vec::new();
+        for (row, rows) in row_takers.iter().enumerate() {
+            for (col, cols) in col_takers.iter().enumerate() {
+                if !rows.is_empty() && !cols.is_empty() {
+                    list.push(Centre { row, col });
+                }
+            }
+        }
+        // The most centres any output pixel takes from one image.
+        let (most_rows, most_cols) = fast::most_candidates(plan);
+        let most = most_rows * most_cols;
+        Centres {
+            list,
+            row_takers,
+            col_takers,
+            fold_every: (FOLD_TERMS / most).max(1),
+            fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
+        }
+    }
+
+    /// The centre coordinates some output pixel takes, along the rows
+    /// (`rows`) or the columns.
+    pub fn taken(&self, rows: bool) -> Vec<usize> {
+        let takers = if rows {
+            &self.row_takers
+        } else {
+            &self.col_takers
+        };
+        (0..takers.len())
+            .filter(|&y| !takers[y].is_empty())
+            .collect()
+    }
+
+    /// Adds every centre of the images of the current group to the lanes:
+    /// `form` writes the distances of all lanes to the output pixels that
+    /// take the centre; the lanes fold into `posterior` after every
+    /// `fold_centres` centres.
+    pub fn add_each<S: GroupScratch>(
+        &self,
+        (shape, beta): (Shape, f64),
+        scratch: &mut S,
+        posterior: &mut PartialPosterior,
+        mut form: impl FnMut(&mut S, &Centre),
+    ) {
+        let mut values = vec![[0.0f32; LANES]; shape.channels];
+        for (done, centre) in self.list.iter().enumerate() {
+            if let Some(every) = self.fold_centres
+                && done > 0
+                && done % every == 0
+            {
+                scratch.state().fold_into(posterior, beta);
+            }
+            form(scratch, centre);
+            let (group, distances, state) = scratch.parts();
+            group.values_at(shape, (centre.row, centre.col), &mut values);
+            fast::add_centre(
+                beta,
+                distances,
+                (
+                    &self.row_takers[centre.row],
+                    &self.col_takers[centre.col],
+                    shape.width,
+                ),
+                &values,
+                state,
+            );
+        }
+    }
+}
 
 /// Transposes the `rows x cols` matrix `from` into `to`.
 pub(super) fn transpose(from: &[C64], to: &mut [C64], rows: usize, cols: usize) {
@@ -159,10 +271,15 @@ impl Group {
     }
 }
 
-/// The buffers of a Fourier route that [`run_in_groups`] needs.
+/// The buffers of a Fourier route that [`run_in_groups`] and
+/// [`Centres::add_each`] need.
 pub(super) trait GroupScratch {
+    /// The group of images, the distances of one centre and the lanes.
+    fn parts(&mut self) -> (&Group, &[WideLanes], &mut LaneState);
     fn group(&mut self) -> &mut Group;
-    fn state(&mut self) -> &mut LaneState;
+    fn state(&mut self) -> &mut LaneState {
+        self.parts().2
+    }
 }
 
 /// Feeds `images` into groups of eight and hands each full group (and the

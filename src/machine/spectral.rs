@@ -38,26 +38,19 @@
 //! is bounded by [`cross_term_error`], which the caller checks against the
 //! exponent budget before choosing either route.
 
-use super::fast::{self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
-use super::fourier::{C64, Group, GroupScratch, Transforms, multiply, run_in_groups};
+use super::fast::{self, LANES, LaneState, NOT_A_CANDIDATE, WideLanes};
+use super::fourier::{
+    C64, Centre, Centres, Group, GroupScratch, Transforms, multiply, run_in_groups,
+};
 use super::plan::{AxisPlan, Plan, joined_shifts};
 use super::posterior::PartialPosterior;
 use super::torus::TorusPlan;
 use crate::equivariance::Boundary;
 
-/// One candidate centre, `(row, col)` in the image.
-pub(super) struct Centre {
-    pub row: usize,
-    pub col: usize,
-}
-
 /// What the Fourier route needs of a [`Plan`]: its candidate centres and
 /// the transforms of the image's size.
 pub(crate) struct SpectralPlan {
-    centres: Vec<Centre>,
-    /// Per centre row (column), the output rows (columns) that take it.
-    row_takers: Vec<Vec<usize>>,
-    col_takers: Vec<Vec<usize>>,
+    centres: Centres,
     /// Per window row `i` (column `j`), the row (column) of the turned
     /// window it lands on: `(up - i) mod H` (`(left - j) mod W`).
     row_targets: Vec<usize>,
@@ -71,11 +64,6 @@ pub(crate) struct SpectralPlan {
     /// consecutive rows (transformed in one call each).
     touched_rows: Vec<std::ops::Range<usize>>,
     transforms: Transforms,
-    /// Groups of eight images between folds of the lane states, and, when
-    /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
-    /// between folds.
-    fold_every: usize,
-    fold_centres: Option<usize>,
 }
 
 /// The cost of the transforms per centre, output pixel and `log2(H W)`,
@@ -90,21 +78,6 @@ pub(crate) struct SpectralPlan {
 /// 5.2 times at k = 27 (20.4), so they take over above a ratio of 2.3.
 const TRANSFORM_COST: f64 = 2.3;
 
-/// For each coordinate of an axis, the output coordinates whose candidate
-/// centres include it.
-pub(super) fn takers(axis: &AxisPlan, len: usize) -> Vec<Vec<usize>> {
-    let mut takers = vec![Vec::new(); len];
-    for shift in &axis.shifts {
-        for &q in &shift.queries {
-            takers[(q as isize + shift.delta) as usize].push(q);
-        }
-    }
-    for list in &mut takers {
-        list.sort_unstable();
-    }
-    takers
-}
-
 impl SpectralPlan {
     /// The Fourier route for `plan`, if its query windows wrap (a periodic
     /// boundary) and its windows are uniform.
@@ -114,16 +87,6 @@ impl SpectralPlan {
         }
         let shape = plan.shape;
         let (height, width) = (shape.height, shape.width);
-        let row_takers = takers(&plan.rows, height);
-        let col_takers = takers(&plan.cols, width);
-        let mut centres = Vec::new();
-        for (row, rows) in row_takers.iter().enumerate() {
-            for (col, cols) in col_takers.iter().enumerate() {
-                if !rows.is_empty() && !cols.is_empty() {
-                    centres.push(Centre { row, col });
-                }
-            }
-        }
         let (up, left) = (plan.patch.up() as isize, plan.patch.left() as isize);
         let row_targets: Vec<usize> = (0..plan.patch.height())
             .map(|i| (up - i as isize).rem_euclid(height as isize) as usize)
@@ -154,21 +117,14 @@ impl SpectralPlan {
                 _ => touched_rows.push(row..row + 1),
             }
         }
-        // The most centres any output pixel takes from one image.
-        let (most_rows, most_cols) = fast::most_candidates(plan);
-        let most = most_rows * most_cols;
         Some(SpectralPlan {
-            centres,
-            row_takers,
-            col_takers,
+            centres: Centres::new(plan),
             row_targets,
             col_targets,
             row_sources,
             col_sources,
             touched_rows,
             transforms: Transforms::new(height, width),
-            fold_every: (FOLD_TERMS / most).max(1),
-            fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
         })
     }
 }
@@ -216,11 +172,7 @@ fn costs(plan: &Plan) -> Option<(f64, f64)> {
             .sum()
     };
     let lane_terms = spans(&plan.rows, shape.height, h) * spans(&plan.cols, shape.width, w);
-    // Centre coordinates some output pixel takes, per axis.
-    let taken = |axis: &AxisPlan, len: usize| {
-        takers(axis, len).iter().filter(|t| !t.is_empty()).count() as f64
-    };
-    let centres = taken(&plan.rows, shape.height) * taken(&plan.cols, shape.width);
+    let centres = Centres::new(plan).list.len() as f64;
     let positions = shape.positions() as f64;
     let transform_terms =
         centres * positions * positions.log2() * shape.channels as f64 * TRANSFORM_COST;
@@ -289,11 +241,11 @@ pub(crate) struct SpectralScratch {
 }
 
 impl GroupScratch for SpectralScratch {
+    fn parts(&mut self) -> (&Group, &[WideLanes], &mut LaneState) {
+        (&self.group, &self.distances, &mut self.state)
+    }
     fn group(&mut self) -> &mut Group {
         &mut self.group
-    }
-    fn state(&mut self) -> &mut LaneState {
-        &mut self.state
     }
 }
 
@@ -326,7 +278,7 @@ impl SpectralJob<'_> {
         scratch: &mut SpectralScratch,
         posterior: &mut PartialPosterior,
     ) {
-        let settings = (self.signal, self.beta, self.spectral.fold_every);
+        let settings = (self.signal, self.beta, self.spectral.centres.fold_every);
         run_in_groups(
             images,
             scratch,
@@ -345,32 +297,13 @@ impl SpectralJob<'_> {
         for d in scratch.distances.iter_mut() {
             d[filled..].fill(NOT_A_CANDIDATE);
         }
-        let mut values = vec![[0.0f32; LANES]; shape.channels];
-        for (done, centre) in spectral.centres.iter().enumerate() {
-            if let Some(every) = spectral.fold_centres
-                && done > 0
-                && done % every == 0
-            {
-                scratch.state.fold_into(posterior, self.beta);
-            }
-            for pair in 0..filled.div_ceil(2) {
-                self.cross_terms(scratch, centre, [2 * pair, 2 * pair + 1]);
-            }
-            scratch
-                .group
-                .values_at(shape, (centre.row, centre.col), &mut values);
-            fast::add_centre(
-                self.beta,
-                &scratch.distances,
-                (
-                    &spectral.row_takers[centre.row],
-                    &spectral.col_takers[centre.col],
-                    shape.width,
-                ),
-                &values,
-                &mut scratch.state,
-            );
-        }
+        spectral
+            .centres
+            .add_each((shape, self.beta), scratch, posterior, |scratch, centre| {
+                for pair in 0..filled.div_ceil(2) {
+                    self.cross_terms(scratch, centre, [2 * pair, 2 * pair + 1]);
+                }
+            });
     }
 
     /// Writes into `scratch.distances` the distances of lanes `lanes` (the
@@ -450,6 +383,7 @@ pub(super) mod tests {
     use crate::image::{Image, Shape};
     use crate::locality::{Locality, Patch, SquarePatch};
     use crate::machine::Machine;
+    use crate::machine::fast::FOLD_TERMS;
     use crate::schedule::LegacyCosine;
     use crate::score::ScoreFunction;
     use crate::training::TrainingSet;
@@ -558,8 +492,8 @@ pub(super) mod tests {
         let query: Vec<f32> = values(64, 8).iter().map(|&v| v as f32).collect();
         let evaluate = |fold_every: usize, fold_centres: Option<usize>| {
             let mut spectral = SpectralPlan::new(&plan).unwrap();
-            spectral.fold_every = fold_every;
-            spectral.fold_centres = fold_centres;
+            spectral.centres.fold_every = fold_every;
+            spectral.centres.fold_centres = fold_centres;
             let job = SpectralJob {
                 plan: &plan,
                 spectral: &spectral,
@@ -572,7 +506,10 @@ pub(super) mod tests {
             posterior.to_image::<f64>().unwrap()
         };
         let once = evaluate(100, None);
-        assert_eq!(SpectralPlan::new(&plan).unwrap().fold_every, FOLD_TERMS / 4);
+        assert_eq!(
+            SpectralPlan::new(&plan).unwrap().centres.fold_every,
+            FOLD_TERMS / 4
+        );
         for (every, centres) in [(1, None), (1, Some(1)), (2, Some(3))] {
             let folded = evaluate(every, centres);
             for (a, b) in folded.as_slice().iter().zip(once.as_slice()) {

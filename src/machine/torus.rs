@@ -45,21 +45,17 @@
 
 use std::sync::OnceLock;
 
-use super::fast::{
-    self, FOLD_TERMS, LANES, LaneState, NOT_A_CANDIDATE, Portable, Vector, Wide, WideLanes,
+use super::fast::{self, LANES, LaneState, NOT_A_CANDIDATE, Portable, Vector, Wide, WideLanes};
+use super::fourier::{
+    C64, Centre, Centres, Group, GroupScratch, Transforms, multiply, run_in_groups,
 };
-use super::fourier::{C64, Group, GroupScratch, Transforms, multiply, run_in_groups};
 use super::plan::Plan;
 use super::posterior::PartialPosterior;
-use super::spectral::{Centre, takers};
 use crate::equivariance::Boundary;
 
 /// What the whole-torus route needs of a [`Plan`].
 pub(crate) struct TorusPlan {
-    centres: Vec<Centre>,
-    /// Per centre row (column), the output rows (columns) that take it.
-    row_takers: Vec<Vec<usize>>,
-    col_takers: Vec<Vec<usize>>,
+    centres: Centres,
     /// Per centre row (column), the training rows (columns) its window
     /// leaves out, as indices into `line_rows` (`line_cols`).
     left_out_rows: Vec<Vec<usize>>,
@@ -70,11 +66,6 @@ pub(crate) struct TorusPlan {
     /// Planned on first use: the cost model builds plans it then drops.
     transforms: OnceLock<Transforms>,
     shape: (usize, usize),
-    /// Groups of eight images between folds of the lane states, and, when
-    /// one group alone could pass [`FOLD_TERMS`] terms per lane, centres
-    /// between folds.
-    fold_every: usize,
-    fold_centres: Option<usize>,
 }
 
 /// The most memory the line tables of one worker may take: windows that
@@ -115,20 +106,8 @@ impl TorusPlan {
         {
             return None;
         }
-        let row_takers = takers(&plan.rows, height);
-        let col_takers = takers(&plan.cols, width);
-        let taken = |takers: &[Vec<usize>]| -> Vec<usize> {
-            (0..takers.len())
-                .filter(|&y| !takers[y].is_empty())
-                .collect()
-        };
-        let (taken_rows, taken_cols) = (taken(&row_takers), taken(&col_takers));
-        let mut centres = Vec::new();
-        for &row in &taken_rows {
-            for &col in &taken_cols {
-                centres.push(Centre { row, col });
-            }
-        }
+        let centres = Centres::new(plan);
+        let (taken_rows, taken_cols) = (centres.taken(true), centres.taken(false));
         // The lines left out by taken centres, and each centre's as
         // indices into them.
         let lines = |taken: &[usize], before: usize, side: usize, len: usize| {
@@ -152,20 +131,14 @@ impl TorusPlan {
         if table_bytes(line_rows.len() + line_cols.len(), shape.positions()) > MAX_TABLE_BYTES {
             return None;
         }
-        let (most_rows, most_cols) = fast::most_candidates(plan);
-        let most = most_rows * most_cols;
         Some(TorusPlan {
             centres,
-            row_takers,
-            col_takers,
             left_out_rows,
             left_out_cols,
             line_rows,
             line_cols,
             transforms: OnceLock::new(),
             shape: (height, width),
-            fold_every: (FOLD_TERMS / most).max(1),
-            fold_centres: (most > FOLD_TERMS).then_some(FOLD_TERMS),
         })
     }
 
@@ -192,9 +165,11 @@ impl TorusPlan {
             * LINE_COST;
         let forming: f64 = self
             .centres
+            .list
             .iter()
             .map(|centre| {
-                let outputs = self.row_takers[centre.row].len() * self.col_takers[centre.col].len();
+                let outputs = self.centres.row_takers[centre.row].len()
+                    * self.centres.col_takers[centre.col].len();
                 let (e, f) = (
                     self.left_out_rows[centre.row].len(),
                     self.left_out_cols[centre.col].len(),
@@ -283,11 +258,11 @@ pub(crate) struct TorusScratch {
 }
 
 impl GroupScratch for TorusScratch {
+    fn parts(&mut self) -> (&Group, &[WideLanes], &mut LaneState) {
+        (&self.group, &self.distances, &mut self.state)
+    }
     fn group(&mut self) -> &mut Group {
         &mut self.group
-    }
-    fn state(&mut self) -> &mut LaneState {
-        &mut self.state
     }
 }
 
@@ -368,7 +343,7 @@ impl TorusJob<'_> {
         scratch: &mut TorusScratch,
         posterior: &mut PartialPosterior,
     ) {
-        let settings = (self.signal, self.beta, self.torus.fold_every);
+        let settings = (self.signal, self.beta, self.torus.centres.fold_every);
         run_in_groups(
             images,
             scratch,
@@ -386,30 +361,11 @@ impl TorusJob<'_> {
             self.whole_correlation(scratch, [2 * pair, 2 * pair + 1]);
         }
         self.line_tables(scratch);
-        let mut values = vec![[0.0f32; LANES]; shape.channels];
-        for (done, centre) in torus.centres.iter().enumerate() {
-            if let Some(every) = torus.fold_centres
-                && done > 0
-                && done % every == 0
-            {
-                scratch.state.fold_into(posterior, self.beta);
-            }
-            self.form_distances(scratch, centre);
-            scratch
-                .group
-                .values_at(shape, (centre.row, centre.col), &mut values);
-            fast::add_centre(
-                self.beta,
-                &scratch.distances,
-                (
-                    &torus.row_takers[centre.row],
-                    &torus.col_takers[centre.col],
-                    shape.width,
-                ),
-                &values,
-                &mut scratch.state,
-            );
-        }
+        torus
+            .centres
+            .add_each((shape, self.beta), scratch, posterior, |scratch, centre| {
+                self.form_distances(scratch, centre)
+            });
     }
 
     /// Writes `G(v)` of lanes `lanes` (the second may be past the group's
@@ -791,7 +747,7 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
     if left_rows.len() <= 1 && left_cols.len() <= 1 {
         // A window at most one line short of the image along each axis:
         // one pass per row, with zeros for a line not left out.
-        for &x_r in &torus.row_takers[centre.row] {
+        for &x_r in &torus.centres.row_takers[centre.row] {
             let v_r = (x_r + height - centre.row) % height;
             let whole = &whole[v_r * 2 * width + start..][..width];
             let (row_table, row_value, row) = match left_rows.first() {
@@ -851,7 +807,7 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
     let mut subtract: Vec<&[WideLanes]> = Vec::with_capacity(left_rows.len() + left_cols.len());
     let mut corners: Vec<(&[f64], V::Wide)> =
         Vec::with_capacity(left_rows.len() * left_cols.len() * channels);
-    for &x_r in &torus.row_takers[centre.row] {
+    for &x_r in &torus.centres.row_takers[centre.row] {
         let v_r = (x_r + height - centre.row) % height;
         subtract.clear();
         corners.clear();
@@ -961,7 +917,7 @@ mod tests {
             &PeriodicInterior,
         ))
         .unwrap();
-        assert_eq!(torus.centres.len(), 4);
+        assert_eq!(torus.centres.list.len(), 4);
         assert_eq!(
             (torus.line_rows.clone(), torus.line_cols.clone()),
             (vec![0, 27], vec![0, 27])
@@ -1027,7 +983,7 @@ mod tests {
         let plan = plan(shape, patch, equivariance);
         let (signal, beta) = (0.8, 2.5);
         let mut torus = TorusPlan::new(&plan).expect("a window no larger than the image");
-        (torus.fold_every, torus.fold_centres) = fold;
+        (torus.centres.fold_every, torus.centres.fold_centres) = fold;
         let job = TorusJob {
             plan: &plan,
             torus: &torus,
