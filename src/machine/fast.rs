@@ -440,9 +440,6 @@ pub(crate) struct LaneScratch {
     /// Window distances of the current output row (with cross terms:
     /// their window sums `C`).
     distances: Vec<WideLanes>,
-    /// With cross terms: per ring slot, whether it holds row sums that are
-    /// not all zero.
-    live: Vec<bool>,
     /// With cross terms: `Q(x)`, the squared norm of the query window of
     /// every output position.
     query_norms: Vec<f64>,
@@ -488,28 +485,47 @@ pub(crate) struct LaneJob<'a> {
     pub cross: bool,
 }
 
+/// What the lanes need of the query, the same for every chunk of training
+/// images of one evaluation: built once by [`LaneJob::query`].
+pub(crate) struct LaneQuery {
+    /// The padded query, widened (continued periodically where the
+    /// displacements wrap).
+    query: Vec<f64>,
+    /// With cross terms: `Q(x)` of every output position.
+    norms: Vec<f64>,
+}
+
 impl LaneJob<'_> {
-    pub fn scratch(&self, query: &[f32]) -> LaneScratch {
+    /// The padded query and, with cross terms, its window norms.
+    pub fn query(&self, query: &[f32]) -> LaneQuery {
         let plan = self.plan;
-        let extended = self.lanes.extended_width(plan);
         let mut padded_query =
             vec![0.0f32; plan.padded_height * plan.padded_width * plan.shape.channels];
         plan.pad(query, &mut padded_query);
-        let plane_len = plan.padded_height * extended * plan.shape.channels;
-        let image_len = plane_len * self.lanes.column_stride();
         let padded_query: Vec<f64> = padded_query.iter().map(|&v| v as f64).collect();
-        // Zero padding with image lanes writes the images' rows straight
-        // into the lanes and needs no padded copy.
-        let image_rows = self.image_rows();
-        let query_norms = if self.uses_cross_terms() {
+        let norms = if self.uses_cross_terms() {
             query_window_norms(plan, &padded_query)
         } else {
             Vec::new()
         };
         let (query_rows, query_cols) = (self.lanes.query_rows, self.lanes.query_cols);
-        let query = plan.continue_periodically(padded_query, query_rows, query_cols);
+        LaneQuery {
+            query: plan.continue_periodically(padded_query, query_rows, query_cols),
+            norms,
+        }
+    }
+
+    /// The buffers of one worker.
+    pub fn scratch(&self, query: &LaneQuery) -> LaneScratch {
+        let plan = self.plan;
+        let extended = self.lanes.extended_width(plan);
+        let plane_len = plan.padded_height * extended * plan.shape.channels;
+        let image_len = plane_len * self.lanes.column_stride();
+        // Zero padding with image lanes writes the images' rows straight
+        // into the lanes and needs no padded copy.
+        let image_rows = self.image_rows();
         LaneScratch {
-            query,
+            query: query.query.clone(),
             padded: if image_rows.is_some() {
                 Vec::new()
             } else {
@@ -521,8 +537,7 @@ impl LaneJob<'_> {
             residual: Vec::new(),
             row_sums: Vec::new(),
             distances: Vec::new(),
-            live: Vec::new(),
-            query_norms,
+            query_norms: query.norms.clone(),
             window_norms: Vec::new(),
             norm_rows: Vec::new(),
             state: LaneState::new(plan.shape.positions(), plan.shape.channels),
@@ -1322,8 +1337,17 @@ fn at_least(buffer: &mut Vec<WideLanes>, len: usize) {
 /// for one row displacement and one column displacement (image lanes),
 /// streamed into the softmax states row by row. Rows where the padded
 /// query is zero (and blocks whose columns all lie where it is zero) add
-/// nothing and are skipped; within a row, the query's zero padding makes
-/// the products outside the image zero.
+/// nothing and are not summed; within a row, the query's zero padding
+/// makes the products outside the image zero.
+///
+/// Down the columns the rows are cut into blocks of `h`, and each row holds
+/// the running sum `P(i)` of the row sums of its block up to row `i`. A
+/// window of `h` rows ending at row `i` is then the block of `i` up to `i`
+/// plus the end of the block before: `P(i) + (E - P(i - h))`, with `E` the
+/// last running sum of that block (and `P(i)` alone where `i` ends a block).
+/// A row costs one addition per column where sliding the window costs an
+/// addition, a subtraction and two more stores, and no sum runs over more
+/// than `h` rows, whatever the run's length.
 #[inline(always)]
 fn cross_block<V: Vector>(
     job: &LaneJob<'_>,
@@ -1350,33 +1374,38 @@ fn cross_block<V: Vector>(
         query,
         image,
         scaled,
-        residual,
         row_sums,
         distances,
-        live,
         query_norms,
         window_norms,
         state,
         ..
     } = scratch;
-    // Every buffer but the window distances is written before it is read:
-    // a ring slot is read only while `live` says it holds a row's sums.
-    at_least(residual, span_cols);
-    at_least(row_sums, height * span_cols);
-    distances.clear();
-    distances.resize(span_cols, [0.0; LANES]);
-    live.clear();
-    live.resize(height, false);
+    // The running sums of the last `h + 1` rows, a ring: a window needs
+    // those of its last row, of the row `h` above it and of the end of the
+    // block before. Every slot is written before it is read.
+    let slots = height + 1;
+    at_least(row_sums, slots * span_cols);
+    at_least(distances, span_cols);
 
-    // The ring slot of row `i`, `i mod h`, kept without a division.
-    let mut slot_index = height - 1;
+    // The ring slot of row `i`, `i mod (h + 1)`, and the place of row `i`
+    // in its block, `i mod h`, kept without a division.
+    let mut slot_index = slots - 1;
+    let mut in_block = height - 1;
     for i in 0..z_rows {
-        slot_index = if slot_index + 1 == height {
+        let previous = slot_index;
+        slot_index = if slot_index + 1 == slots {
             0
         } else {
             slot_index + 1
         };
-        let slot = &mut row_sums[slot_index * span_cols..][..span_cols];
+        in_block = if in_block + 1 == height {
+            0
+        } else {
+            in_block + 1
+        };
+        let starts_block = in_block == 0;
+        let (current, before) = two_slots(row_sums, slot_index, previous, span_cols);
         let query_row = rows.first + i;
         let image_row = query_row as isize + rows.delta;
         if !support_rows.contains(&query_row)
@@ -1384,36 +1413,52 @@ fn cross_block<V: Vector>(
             || image_row >= ph as isize
             || from >= to
         {
-            // The row adds nothing; the sums of row `i - h` leave.
-            if live[slot_index] {
-                for (d, leaving) in distances.iter_mut().zip(slot.iter()) {
-                    V::Wide::load(d).sub(V::Wide::load(leaving)).store(d);
-                }
-                live[slot_index] = false;
+            // The row adds nothing.
+            if starts_block {
+                current.fill([0.0; LANES]);
+            } else {
+                current.copy_from_slice(before);
             }
         } else {
             let image_row = image_row as usize;
-            let q = &query[query_row * lanes.query_cols + block.first..];
-            let p = &scaled[(image_row * extended + column_start) * LANES..];
+            let q = &query[query_row * lanes.query_cols + block.first..][..z_cols];
+            let p = &scaled[(image_row * extended + column_start) * LANES..][..z_cols * LANES];
             // The padded query is zero outside its support, so the products
             // there are zero: each row is summed over all its columns.
-            let residual = &mut residual[..span_cols];
-            cross_row_sums::<V>(&q[..z_cols], &p[..z_cols * LANES], width, residual);
-            let entering = residual.iter().zip(slot).zip(distances.iter_mut());
-            if live[slot_index] {
-                for ((sum, slot), distance) in entering {
-                    enter_row_sum::<V>(V::Wide::load(sum), slot, distance);
-                }
+            if starts_block {
+                cross_row_sums::<V, false>(q, p, width, before, current);
             } else {
-                for ((sum, slot), distance) in entering {
-                    let sum = V::Wide::load(sum);
-                    V::Wide::load(distance).add(sum).store(distance);
-                    sum.store(slot);
-                }
+                cross_row_sums::<V, true>(q, p, width, before, current);
             }
-            live[slot_index] = true;
         }
         if i + 1 >= height && rows.valid[i + 1 - height] {
+            let window: &[WideLanes] = if in_block + 1 == height {
+                &row_sums[slot_index * span_cols..][..span_cols]
+            } else {
+                // Row `i - h` and the last row of the block before.
+                let above = if slot_index + 1 == slots {
+                    0
+                } else {
+                    slot_index + 1
+                };
+                let back = in_block + 1;
+                let end = if slot_index >= back {
+                    slot_index - back
+                } else {
+                    slot_index + slots - back
+                };
+                let current = &row_sums[slot_index * span_cols..][..span_cols];
+                let above = &row_sums[above * span_cols..][..span_cols];
+                let end = &row_sums[end * span_cols..][..span_cols];
+                let out = &mut distances[..span_cols];
+                for (((out, current), above), end) in
+                    out.iter_mut().zip(current).zip(above).zip(end)
+                {
+                    let rest = V::Wide::load(end).sub(V::Wide::load(above));
+                    V::Wide::load(current).add(rest).store(out);
+                }
+                &distances[..span_cols]
+            };
             let norms = Norms {
                 query: query_norms,
                 windows: window_norms,
@@ -1423,7 +1468,7 @@ fn cross_block<V: Vector>(
                 rows,
                 block,
                 i + 1 - height,
-                distances,
+                window,
                 Some(norms),
                 image,
                 state,
@@ -1432,16 +1477,44 @@ fn cross_block<V: Vector>(
     }
 }
 
+/// The ring slots `current` (to write) and `before` (to read) of
+/// `slot_len` values each, two different slots of `ring`.
+#[inline(always)]
+fn two_slots(
+    ring: &mut [WideLanes],
+    current: usize,
+    before: usize,
+    slot_len: usize,
+) -> (&mut [WideLanes], &[WideLanes]) {
+    if current < before {
+        let (low, high) = ring.split_at_mut(before * slot_len);
+        (
+            &mut low[current * slot_len..][..slot_len],
+            &high[..slot_len],
+        )
+    } else {
+        let (low, high) = ring.split_at_mut(current * slot_len);
+        (&mut high[..slot_len], &low[before * slot_len..][..slot_len])
+    }
+}
+
 /// Slides the window sums `R(k) = sum_{j < w} q(j) s_l(k + j)` of one
 /// channel along a row (`q` and the interleaved `s` both `span + w - 1`
-/// columns long) and lets each enter the window distances.
+/// columns long) and writes `R(k)`, or with `ADD` `before(k) + R(k)`, to
+/// `row(k)`.
 ///
 /// The first window takes four partial sums and each later step forms its
 /// change `q(k + w - 1) s(k + w - 1) - q(k - 1) s(k - 1)` off the running
 /// sum, so that the chain of dependent operations is one addition per
 /// column.
 #[inline(always)]
-fn cross_row_sums<V: Vector>(q: &[f64], s: &[f64], width: usize, row: &mut [WideLanes]) {
+fn cross_row_sums<V: Vector, const ADD: bool>(
+    q: &[f64],
+    s: &[f64],
+    width: usize,
+    before: &[WideLanes],
+    row: &mut [WideLanes],
+) {
     let zero = V::Wide::splat(0.0);
     let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
     let mut q4 = q[..width].chunks_exact(4);
@@ -1460,19 +1533,31 @@ fn cross_row_sums<V: Vector>(q: &[f64], s: &[f64], width: usize, row: &mut [Wide
         a0 = V::Wide::splat(*q).mul_add(V::Wide::load_slice(s), a0);
     }
     let mut sum = a0.add(a1).add(a2.add(a3));
-    let Some((first, rest)) = row.split_first_mut() else {
+    let (Some((first, rest)), Some((before_first, before_rest))) =
+        (row.split_first_mut(), before.split_first())
+    else {
         return;
     };
-    sum.store(first);
+    if ADD {
+        sum.add(V::Wide::load(before_first)).store(first);
+    } else {
+        sum.store(first);
+    }
     let entering = q[width..]
         .iter()
         .zip(s[width * LANES..].chunks_exact(LANES));
     let leaving = q.iter().zip(s.chunks_exact(LANES));
-    for (((q_in, s_in), (q_out, s_out)), out) in entering.zip(leaving).zip(rest) {
+    for ((((q_in, s_in), (q_out, s_out)), out), before) in
+        entering.zip(leaving).zip(rest).zip(before_rest)
+    {
         let leaving = V::Wide::splat(-*q_out).mul(V::Wide::load_slice(s_out));
         let change = V::Wide::splat(*q_in).mul_add(V::Wide::load_slice(s_in), leaving);
         sum = sum.add(change);
-        sum.store(out);
+        if ADD {
+            sum.add(V::Wide::load(before)).store(out);
+        } else {
+            sum.store(out);
+        }
     }
 }
 
@@ -2159,7 +2244,7 @@ mod tests {
         fn run_lanes(&self, lanes: &LanePlan, cross: bool, portable: bool) -> Vec<f64> {
             let job = self.job(lanes, cross);
             let mut posterior = PartialPosterior::new(self.plan.shape, job.beta);
-            let mut scratch = job.scratch(&self.query);
+            let mut scratch = job.scratch(&job.query(&self.query));
             let rows = self.training.chunks_exact(self.plan.shape.len());
             if portable {
                 run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);

@@ -319,10 +319,12 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         } = self.setup(x, t, class)?;
         let (height, width) = (plan.patch.height() as f64, plan.patch.width() as f64);
         // The f32 lanes may instead expand `d = Q + A - 2 C` (query and
-        // window norms, sliding sums of cross terms). Each part is a sum of
-        // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size
-        // carried through at most `h w (pw + ph)` rounding steps, and the
-        // final sum rounds once more: at most `eps M h w (pw + ph + 1)`.
+        // window norms, window sums of cross terms). Each part is a sum of
+        // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size.
+        // A row sum slides over at most `pw` columns (`h w pw` rounding
+        // steps for the `h` row sums of a window); down the columns a window
+        // is three running sums over at most `h` rows, added (`h w 3h`);
+        // the final sum rounds once more: at most `eps M h w (pw + 3 h + 1)`.
         let largest_queries: Vec<f64> = query_ranges
             .iter()
             .map(|&(lo, hi)| lo.abs().max(hi.abs()))
@@ -336,7 +338,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             .zip(&largest_scaled)
             .map(|(q, p)| (q + p).powi(2))
             .sum();
-        let cross_steps = height * width * (plan.padded_width + plan.padded_height + 1) as f64;
+        let cross_steps = height * width * (plan.padded_width as f64 + 3.0 * height + 1.0);
         let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
         // Or compute the cross terms by Fourier transforms (query windows
         // that wrap): their rounding is bounded by `cross_term_error`, and
@@ -662,9 +664,10 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             cross,
         };
         let len = shape.len();
+        let query = job.query(query);
         let chunk = |rows: &[usize]| {
             let mut posterior = PartialPosterior::new(shape, beta);
-            let mut scratch = job.scratch(query);
+            let mut scratch = job.scratch(&query);
             job.run(
                 rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
                 &mut scratch,
