@@ -85,14 +85,20 @@ pub(crate) const ABOVE_REFERENCE: f32 = 8.0;
 /// [`ABOVE_REFERENCE`] for exponents in base 2, `beta log2(e) (m - d)`.
 pub(crate) const ABOVE_REFERENCE_LOG2: f32 = ABOVE_REFERENCE * std::f32::consts::LOG2_E;
 
-/// Training images per worker: about four chunks per core, each a multiple
-/// of [`FOLD_EVERY`], so that most folds start from a known minimum.
+/// Training images per chunk: two chunks per core, each a multiple of
+/// [`FOLD_EVERY`], so that most folds start from a known minimum.
+///
+/// Fewer, larger chunks skip more: a chunk's softmax reference is the
+/// smallest distance among its own images so far, and the longer it runs
+/// the closer that is to the final minimum, so the more candidates the
+/// bounded skip recognises as negligible. Two chunks per core rather than
+/// one leave the scheduler some room to balance a busy host.
 pub(crate) fn chunk_len(images: usize) -> usize {
     #[cfg(feature = "parallel")]
     let workers = rayon::current_num_threads().max(1);
     #[cfg(not(feature = "parallel"))]
     let workers = 1;
-    let per_worker = images.div_ceil(4 * workers);
+    let per_worker = images.div_ceil(2 * workers);
     per_worker.div_ceil(FOLD_EVERY).max(1) * FOLD_EVERY
 }
 
@@ -1426,9 +1432,9 @@ fn cross_block<V: Vector>(
             // The padded query is zero outside its support, so the products
             // there are zero: each row is summed over all its columns.
             if starts_block {
-                cross_row_sums::<V, false>(q, p, width, before, current);
+                cross_row_sums::<V, false>(q, p, width, from..to, before, current);
             } else {
-                cross_row_sums::<V, true>(q, p, width, before, current);
+                cross_row_sums::<V, true>(q, p, width, from..to, before, current);
             }
         }
         if i + 1 >= height && rows.valid[i + 1 - height] {
@@ -1498,10 +1504,10 @@ fn two_slots(
     }
 }
 
-/// Slides the window sums `R(k) = sum_{j < w} q(j) s_l(k + j)` of one
+/// Slides the window sums `R(k) = sum_{j < w} q(k + j) s_l(k + j)` of one
 /// channel along a row (`q` and the interleaved `s` both `span + w - 1`
-/// columns long) and writes `R(k)`, or with `ADD` `before(k) + R(k)`, to
-/// `row(k)`.
+/// columns long, `q` zero outside the columns `support`) and writes
+/// `R(k)`, or with `ADD` `before(k) + R(k)`, to `row(k)`.
 ///
 /// The first window takes four partial sums and each later step forms its
 /// change `q(k + w - 1) s(k + w - 1) - q(k - 1) s(k - 1)` off the running
@@ -1512,13 +1518,19 @@ fn cross_row_sums<V: Vector, const ADD: bool>(
     q: &[f64],
     s: &[f64],
     width: usize,
+    support: std::ops::Range<usize>,
     before: &[WideLanes],
     row: &mut [WideLanes],
 ) {
     let zero = V::Wide::splat(0.0);
     let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
-    let mut q4 = q[..width].chunks_exact(4);
-    let mut s4 = s[..width * LANES].chunks_exact(4 * LANES);
+    // The first window, over its columns where `q` may be non-zero.
+    let (lo, hi) = (
+        support.start.min(width),
+        support.end.clamp(support.start, width),
+    );
+    let mut q4 = q[lo..hi.max(lo)].chunks_exact(4);
+    let mut s4 = s[lo * LANES..hi.max(lo) * LANES].chunks_exact(4 * LANES);
     for (q, s) in (&mut q4).zip(&mut s4) {
         a0 = V::Wide::splat(q[0]).mul_add(V::Wide::load_slice(&s[..LANES]), a0);
         a1 = V::Wide::splat(q[1]).mul_add(V::Wide::load_slice(&s[LANES..2 * LANES]), a1);
@@ -1587,12 +1599,21 @@ fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled:
     } = scratch;
     norm_rows.clear();
     norm_rows.resize(ph * shape.width, [0.0; LANES]);
+    // With zero padding only the image's own rows and columns hold values;
+    // the sums of the padding rows stay zero.
+    let (rows, first_column) = match plan.boundary {
+        Boundary::Zero => (
+            plan.patch.up()..plan.patch.up() + shape.height,
+            plan.patch.left(),
+        ),
+        Boundary::Periodic => (0..ph, 0),
+    };
     for c in 0..shape.channels {
         let plane = &scaled[c * ph * extended * LANES..];
-        for r in 0..ph {
+        for r in rows.clone() {
             let row = &plane[(r * extended + margin) * LANES..];
             let mut sum = V::Wide::splat(0.0);
-            for j in 0..width - 1 {
+            for j in first_column.min(width - 1)..width - 1 {
                 sum = sum.add(lane_squares::<V>(row, j));
             }
             for (x, out) in norm_rows[r * shape.width..][..shape.width]
