@@ -2007,6 +2007,28 @@ pub(crate) fn exp2_bounded(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// Two chunks per core, each a whole number of folds, and no more
+    /// images per chunk than that needs.
+    #[test]
+    fn chunks_are_two_per_core_in_whole_folds() {
+        #[cfg(feature = "parallel")]
+        let workers = rayon::current_num_threads().max(1);
+        #[cfg(not(feature = "parallel"))]
+        let workers = 1;
+        for images in [1, 15, 16, 17, 100, 1000, 5000, 12_345] {
+            let len = chunk_len(images);
+            assert!(
+                len >= FOLD_EVERY && len % FOLD_EVERY == 0,
+                "{images}: {len}"
+            );
+            assert!(images.div_ceil(len) <= 2 * workers, "{images}: {len}");
+            assert!(
+                len < images.div_ceil(2 * workers) + FOLD_EVERY,
+                "{images}: {len}"
+            );
+        }
+    }
+
     #[test]
     fn exponential_is_accurate_over_its_range() {
         let mut worst: f64 = 0.0;
