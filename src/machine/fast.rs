@@ -441,7 +441,8 @@ pub(crate) struct LaneScratch {
     scaled: Vec<f64>,
     /// Residuals of one row.
     residual: Vec<WideLanes>,
-    /// Row window sums of the last `h` rows, a ring.
+    /// Row window sums of the last `h` rows, a ring (with cross terms, the
+    /// running sums of the last `h + 1` rows, see [`cross_block`]).
     row_sums: Vec<WideLanes>,
     /// Window distances of the current output row (with cross terms:
     /// their window sums `C`).
