@@ -2019,7 +2019,7 @@ mod tests {
         for images in [1, 15, 16, 17, 100, 1000, 5000, 12_345] {
             let len = chunk_len(images);
             assert!(
-                len >= FOLD_EVERY && len % FOLD_EVERY == 0,
+                len >= FOLD_EVERY && len.is_multiple_of(FOLD_EVERY),
                 "{images}: {len}"
             );
             assert!(images.div_ceil(len) <= 2 * workers, "{images}: {len}");
