@@ -322,9 +322,11 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         // window norms, window sums of cross terms). Each part is a sum of
         // terms below `M = sum_c (max |phi_t| + |a| max |phi^mu|)^2` in size.
         // A row sum slides over at most `pw` columns (`h w pw` rounding
-        // steps for the `h` row sums of a window); down the columns a window
-        // is three running sums over at most `h` rows, added (`h w 3h`);
-        // the final sum rounds once more: at most `eps M h w (pw + 3 h + 1)`.
+        // steps for the `h` row sums of a window). Down the columns the
+        // window norms `A` slide over at most `ph` rows (`h w ph`), and a
+        // window of cross terms is three running sums over at most `h` rows,
+        // added (`h w 3h`). The final sum rounds once more: at most
+        // `eps M h w (pw + max(ph, 3 h) + 1)`.
         let largest_queries: Vec<f64> = query_ranges
             .iter()
             .map(|&(lo, hi)| lo.abs().max(hi.abs()))
@@ -338,7 +340,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             .zip(&largest_scaled)
             .map(|(q, p)| (q + p).powi(2))
             .sum();
-        let cross_steps = height * width * (plan.padded_width as f64 + 3.0 * height + 1.0);
+        let down = (plan.padded_height as f64).max(3.0 * height);
+        let cross_steps = height * width * (plan.padded_width as f64 + down + 1.0);
         let cross = beta * largest_cross * cross_steps * f64::EPSILON <= T::SLIDING_EXPONENT_ERROR;
         // Or compute the cross terms by Fourier transforms (query windows
         // that wrap): their rounding is bounded by `cross_term_error`, and
