@@ -24,6 +24,11 @@
 //! C(x, y) = sum_o q(x + o) a p(y + o)    slid like E above, over rows where q can be non-zero
 //! ```
 //!
+//! There the images are read as stored, `f32` widened to `f64` as they are
+//! loaded, and the query carries the factor `2 a`; a displacement that
+//! serves only a few output rows sums its products down the columns first
+//! (see [`cross_few_rows`]).
+//!
 //! With a periodic query, displacements `H` (or `W`) apart reach the same
 //! candidate centres from output coordinates `H` apart and are walked as
 //! one run over virtual coordinates (see [`joined_shifts`]).
@@ -147,7 +152,7 @@ pub(crate) fn most_candidates(plan: &Plan) -> (usize, usize) {
 pub(crate) const FOLD_EVERY: usize = 16;
 
 /// A row displacement and which output rows it serves.
-struct RowShift {
+pub(crate) struct RowShift {
     delta: isize,
     first: usize,
     valid: Vec<bool>,
@@ -157,7 +162,7 @@ struct RowShift {
 /// (column lanes) and, per output column in `first ..= last`, what each
 /// lane adds to its distance: 0 for a candidate, [`NOT_A_CANDIDATE`] for
 /// a lane that is none.
-struct ColumnBlock {
+pub(crate) struct ColumnBlock {
     delta: isize,
     first: usize,
     penalty: Vec<WideLanes>,
@@ -190,6 +195,11 @@ pub(crate) struct LanePlan {
     fold_blocks: Option<usize>,
     /// Whether each output pixel's only candidate is its own location.
     same_location: bool,
+    /// The (row shift, block) pairs whose cross terms are summed along the
+    /// rows first ([`cross_block`]) and those summed down the columns first
+    /// ([`cross_few_rows`]).
+    by_rows: Vec<(usize, usize)>,
+    by_columns: Vec<(usize, usize)>,
 }
 
 /// Training sets from this size on put eight training images in the lanes
@@ -309,9 +319,37 @@ impl LanePlan {
         } else {
             most_rows * most_cols.div_ceil(LANES)
         };
+        let (query_rows, query_cols) = (
+            query_reach(&row_shifts, height, plan.padded_height),
+            query_reach(shifts, width, plan.padded_width),
+        );
+        let support = query_support(plan, query_rows, query_cols);
+        let (by_columns, by_rows): (Vec<_>, Vec<_>) = (0..rows.len())
+            .flat_map(|r| (0..blocks.len()).map(move |b| (r, b)))
+            .partition(|&(r, b)| {
+                let (rows, block) = (&rows[r], &blocks[b]);
+                let (live_rows, live_cols) = live_region(
+                    rows,
+                    block,
+                    (height, width),
+                    plan.padded_height,
+                    support.clone(),
+                );
+                std::env::var_os("NOFEW").is_none()
+                    && !live_cols.is_empty()
+                    && few_rows_pay(
+                        rows,
+                        (height, width),
+                        block.penalty.len(),
+                        live_rows.len(),
+                        live_cols.len(),
+                    )
+            });
         LanePlan {
-            query_rows: query_reach(&row_shifts, height, plan.padded_height),
-            query_cols: query_reach(shifts, width, plan.padded_width),
+            query_rows,
+            query_cols,
+            by_rows,
+            by_columns,
             rows,
             blocks,
             margin,
@@ -429,7 +467,8 @@ fn lower_reference(
 pub(crate) struct LaneScratch {
     /// The padded query, widened.
     query: Vec<f64>,
-    /// One padded training image (empty where `image_rows` is set).
+    /// One padded training image, or eight with image lanes (empty where
+    /// `image_rows` is set).
     padded: Vec<f32>,
     /// The extended padded training image, or eight of them interleaved.
     image: Vec<f32>,
@@ -437,7 +476,8 @@ pub(crate) struct LaneScratch {
     /// of the image starts in an extended padded plane. Only these rows
     /// are written and scaled; the padding around them stays zero.
     image_rows: Option<Vec<usize>>,
-    /// The same times the signal scale `a`, widened.
+    /// The same times the signal scale `a`, widened (residual sums only;
+    /// cross terms read `image`).
     scaled: Vec<f64>,
     /// Residuals of one row.
     residual: Vec<WideLanes>,
@@ -461,6 +501,41 @@ pub(crate) struct LaneScratch {
 }
 
 impl LaneScratch {
+    /// Writes the images of `group` (at most eight) into the lanes of
+    /// `image`, value by value, and zeros into the lanes past them. The
+    /// lanes are written in order, eight values at a time, so that each
+    /// line of the buffer is written once per group.
+    #[inline(always)]
+    fn interleave<V: Vector>(
+        &mut self,
+        group: &[&[f32]],
+        plan: &Plan,
+        extended: usize,
+        margin: usize,
+    ) {
+        let filled = group.len();
+        if let Some(rows) = &self.image_rows {
+            // Zero padding: only the images' own rows change.
+            let width = plan.shape.width;
+            for (r, &start) in rows.iter().enumerate() {
+                let out = &mut self.image[start * LANES..(start + width) * LANES];
+                interleave_row::<V>(out, group.iter().map(|image| &image[r * width..][..width]));
+            }
+            return;
+        }
+        let plane = self.padded.len() / LANES;
+        for (image, padded) in group.iter().zip(self.padded.chunks_exact_mut(plane)) {
+            plan.pad_into(image, padded, extended, margin);
+        }
+        // A row of the extended plane at a time, so that its lanes stay in
+        // the first-level cache while the eight images are written in.
+        let padded = &self.padded;
+        for (r, out) in self.image.chunks_exact_mut(extended * LANES).enumerate() {
+            let rows = (0..filled).map(|l| &padded[l * plane + r * extended..][..extended]);
+            interleave_row::<V>(out, rows);
+        }
+    }
+
     /// `scaled = a * image`, widened (with zero padding, on the image's
     /// rows only: the padding is zero in both).
     #[inline(always)]
@@ -477,6 +552,52 @@ impl LaneScratch {
             for (scaled, &value) in self.scaled[span].iter_mut().zip(values) {
                 *scaled = signal * value as f64;
             }
+        }
+    }
+}
+
+/// Writes value `x` of the `l`-th row of `rows` to lane `l` of `out[x]`
+/// (`out` holds eight lanes per value), and zeros to the lanes past the
+/// last row.
+#[inline(always)]
+fn interleave_row<'a, V: Vector>(out: &mut [f32], rows: impl ExactSizeIterator<Item = &'a [f32]>) {
+    let filled = rows.len();
+    if filled == LANES {
+        // Eight values of each row at a time, transposed in registers.
+        let mut all: [&[f32]; LANES] = [&[]; LANES];
+        for (slot, row) in all.iter_mut().zip(rows) {
+            *slot = row;
+        }
+        let rows = all;
+        let len = rows[0].len().min(out.len() / LANES);
+        let whole = len - len % LANES;
+        for (x, out) in (0..whole)
+            .step_by(LANES)
+            .zip(out.chunks_exact_mut(LANES * LANES))
+        {
+            let columns = V::transpose(std::array::from_fn(|l| V::load_slice(&rows[l][x..])));
+            for (column, out) in columns.into_iter().zip(out.chunks_exact_mut(LANES)) {
+                column.store(out.try_into().expect("eight lanes"));
+            }
+        }
+        for (l, row) in rows.iter().enumerate() {
+            for (lanes, &value) in out[whole * LANES..]
+                .chunks_exact_mut(LANES)
+                .zip(&row[whole..])
+            {
+                lanes[l] = value;
+            }
+        }
+        return;
+    }
+    for (l, row) in rows.enumerate() {
+        for (lanes, &value) in out.chunks_exact_mut(LANES).zip(row) {
+            lanes[l] = value;
+        }
+    }
+    if filled < LANES {
+        for lanes in out.chunks_exact_mut(LANES) {
+            lanes[filled..].fill(0.0);
         }
     }
 }
@@ -516,10 +637,16 @@ impl LaneJob<'_> {
             Vec::new()
         };
         let (query_rows, query_cols) = (self.lanes.query_rows, self.lanes.query_cols);
-        LaneQuery {
-            query: plan.continue_periodically(padded_query, query_rows, query_cols),
-            norms,
+        let mut query = plan.continue_periodically(padded_query, query_rows, query_cols);
+        if self.uses_cross_terms() {
+            // Cross terms read the training images as they are: the query
+            // carries the factor `2 a` of `2 C(x, y) = sum q 2 a p`.
+            let factor = 2.0 * self.signal;
+            for value in &mut query {
+                *value *= factor;
+            }
         }
+        LaneQuery { query, norms }
     }
 
     /// The buffers of one worker.
@@ -535,6 +662,8 @@ impl LaneJob<'_> {
             query: query.query.clone(),
             padded: if image_rows.is_some() {
                 Vec::new()
+            } else if self.lanes.image_lanes {
+                vec![0.0; plane_len * LANES]
             } else {
                 vec![0.0; plane_len]
             },
@@ -588,14 +717,7 @@ impl LaneJob<'_> {
     /// The padded-query rows and columns that can hold a non-zero value:
     /// the image itself with zero padding, everything when periodic.
     fn query_support(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let plan = self.plan;
-        match plan.boundary {
-            Boundary::Zero => {
-                let (up, left) = (plan.patch.up(), plan.patch.left());
-                (up..up + plan.shape.height, left..left + plan.shape.width)
-            }
-            Boundary::Periodic => (0..self.lanes.query_rows, 0..self.lanes.query_cols),
-        }
+        query_support(self.plan, self.lanes.query_rows, self.lanes.query_cols)
     }
 
     /// Adds the candidates of every image in `images` to `posterior`.
@@ -614,6 +736,22 @@ impl LaneJob<'_> {
             }
         }
         run_with::<Portable>(self, images, scratch, posterior);
+    }
+}
+
+/// The padded-query rows and columns that can hold a non-zero value, of a
+/// query widened to `query_rows x query_cols` (see [`LanePlan`]).
+fn query_support(
+    plan: &Plan,
+    query_rows: usize,
+    query_cols: usize,
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    match plan.boundary {
+        Boundary::Zero => {
+            let (up, left) = (plan.patch.up(), plan.patch.left());
+            (up..up + plan.shape.height, left..left + plan.shape.width)
+        }
+        Boundary::Periodic => (0..query_rows, 0..query_cols),
     }
 }
 
@@ -699,6 +837,17 @@ pub(crate) trait Vector: Copy {
     fn all_below(self, threshold: f32) -> bool;
     /// `2^self` for lanes `<= 127`, as [`exp2_bounded`].
     fn exp2(self) -> Self;
+    /// Lane `l` of vector `j` of the result is lane `j` of `rows[l]`.
+    fn transpose(rows: [Self; LANES]) -> [Self; LANES];
+    /// [`cross_few_rows`] with these lanes, compiled apart from the loop
+    /// that calls it so that the compiler's choices for that loop do not
+    /// change.
+    fn cross_few_rows(
+        job: &LaneJob<'_>,
+        rows: &RowShift,
+        block: &ColumnBlock,
+        scratch: &mut LaneScratch,
+    );
 }
 
 /// Eight `f64` lanes.
@@ -708,6 +857,8 @@ pub(crate) trait Wide: Copy {
     fn load(lanes: &WideLanes) -> Self;
     /// Eight consecutive values starting at `values[0]`.
     fn load_slice(values: &[f64]) -> Self;
+    /// Eight consecutive `f32` values starting at `values[0]`, widened.
+    fn load_widened(values: &[f32]) -> Self;
     fn store(self, lanes: &mut WideLanes);
     fn add(self, other: Self) -> Self;
     fn sub(self, other: Self) -> Self;
@@ -766,6 +917,19 @@ impl Vector for Portable {
     fn exp2(self) -> Self {
         Portable(std::array::from_fn(|l| exp2_bounded(self.0[l])))
     }
+    #[inline(always)]
+    fn transpose(rows: [Self; LANES]) -> [Self; LANES] {
+        std::array::from_fn(|j| Portable(std::array::from_fn(|l| rows[l].0[j])))
+    }
+    #[inline(never)]
+    fn cross_few_rows(
+        job: &LaneJob<'_>,
+        rows: &RowShift,
+        block: &ColumnBlock,
+        scratch: &mut LaneScratch,
+    ) {
+        cross_few_rows::<Portable>(job, rows, block, scratch);
+    }
 }
 
 impl Wide for PortableWide {
@@ -781,6 +945,11 @@ impl Wide for PortableWide {
     #[inline(always)]
     fn load_slice(values: &[f64]) -> Self {
         PortableWide(values[..LANES].try_into().expect("eight values"))
+    }
+    #[inline(always)]
+    fn load_widened(values: &[f32]) -> Self {
+        let values = &values[..LANES];
+        PortableWide(std::array::from_fn(|l| values[l] as f64))
     }
     #[inline(always)]
     fn store(self, lanes: &mut WideLanes) {
@@ -831,8 +1000,8 @@ pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        EXP2_COEFFICIENTS, LOWEST_POWER, LaneJob, LaneScratch, LaneState, Lanes, ROUND_BIASED,
-        Vector, Wide, WideLanes, add_centre_with, run_with,
+        ColumnBlock, EXP2_COEFFICIENTS, LOWEST_POWER, LaneJob, LaneScratch, LaneState, Lanes,
+        ROUND_BIASED, RowShift, Vector, Wide, WideLanes, add_centre_with, run_with,
     };
     use crate::machine::posterior::PartialPosterior;
 
@@ -867,6 +1036,22 @@ pub(crate) mod avx2 {
         state: &mut LaneState,
     ) {
         add_centre_with::<Avx>(beta, distances, outputs, values, state);
+    }
+
+    /// [`super::cross_few_rows`] with AVX2 lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    unsafe fn cross_few_rows(
+        job: &LaneJob<'_>,
+        rows: &RowShift,
+        block: &ColumnBlock,
+        scratch: &mut LaneScratch,
+    ) {
+        super::cross_few_rows::<Avx>(job, rows, block, scratch);
     }
 
     /// `2^x` of every value, eight at a time.
@@ -946,6 +1131,48 @@ pub(crate) mod avx2 {
                 Avx(_mm256_mul_ps(p, _mm256_castsi256_ps(scale)))
             }
         }
+        #[inline(always)]
+        fn transpose(rows: [Self; 8]) -> [Self; 8] {
+            unsafe {
+                let r = rows.map(|row| row.0);
+                // Pairs of rows interleaved, then quadruples, then halves.
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                [
+                    Avx(_mm256_permute2f128_ps::<0x20>(u0, u4)),
+                    Avx(_mm256_permute2f128_ps::<0x20>(u1, u5)),
+                    Avx(_mm256_permute2f128_ps::<0x20>(u2, u6)),
+                    Avx(_mm256_permute2f128_ps::<0x20>(u3, u7)),
+                    Avx(_mm256_permute2f128_ps::<0x31>(u0, u4)),
+                    Avx(_mm256_permute2f128_ps::<0x31>(u1, u5)),
+                    Avx(_mm256_permute2f128_ps::<0x31>(u2, u6)),
+                    Avx(_mm256_permute2f128_ps::<0x31>(u3, u7)),
+                ]
+            }
+        }
+        #[inline(always)]
+        fn cross_few_rows(
+            job: &LaneJob<'_>,
+            rows: &RowShift,
+            block: &ColumnBlock,
+            scratch: &mut LaneScratch,
+        ) {
+            unsafe { cross_few_rows(job, rows, block, scratch) };
+        }
     }
 
     impl Wide for AvxWide {
@@ -970,6 +1197,16 @@ pub(crate) mod avx2 {
                 AvxWide(
                     _mm256_loadu_pd(values.as_ptr()),
                     _mm256_loadu_pd(values.as_ptr().add(4)),
+                )
+            }
+        }
+        #[inline(always)]
+        fn load_widened(values: &[f32]) -> Self {
+            let values = &values[..8];
+            unsafe {
+                AvxWide(
+                    _mm256_cvtps_pd(_mm_loadu_ps(values.as_ptr())),
+                    _mm256_cvtps_pd(_mm_loadu_ps(values.as_ptr().add(4))),
                 )
             }
         }
@@ -1101,42 +1338,24 @@ fn run_image_lanes<'i, V: Vector>(
     let plan = job.plan;
     let extended = job.lanes.extended_width(plan);
     let mut pending = 0;
-    let mut filled = 0;
     let mut clock = FoldClock::new(job);
-    let width = plan.shape.width;
-    for image in images {
-        if let Some(rows) = &scratch.image_rows {
-            // Zero padding: only the image's own rows change.
-            for (row, &start) in image.chunks_exact(width).zip(rows) {
-                let lanes =
-                    scratch.image[start * LANES..(start + width) * LANES].chunks_exact_mut(LANES);
-                for (lanes, &value) in lanes.zip(row) {
-                    lanes[filled] = value;
-                }
-            }
-        } else {
-            plan.pad_into(image, &mut scratch.padded, extended, job.lanes.margin);
-            for (lanes, &value) in scratch.image.chunks_exact_mut(LANES).zip(&scratch.padded) {
-                lanes[filled] = value;
-            }
-        }
+    let mut group: [&[f32]; LANES] = [&[]; LANES];
+    let mut filled = 0;
+    let mut images = images.peekable();
+    while let Some(image) = images.next() {
+        group[filled] = image;
         filled += 1;
-        if filled == LANES {
-            flush_image_lanes::<V>(job, scratch, filled, &mut clock, posterior);
-            filled = 0;
-            pending += 1;
-            if pending == job.lanes.fold_every {
-                scratch.state.fold_into(posterior, job.beta);
-                pending = 0;
-            }
+        if filled < LANES && images.peek().is_some() {
+            continue;
         }
-    }
-    if filled > 0 {
-        for lanes in scratch.image.chunks_exact_mut(LANES) {
-            lanes[filled..].fill(0.0);
-        }
+        scratch.interleave::<V>(&group[..filled], plan, extended, job.lanes.margin);
         flush_image_lanes::<V>(job, scratch, filled, &mut clock, posterior);
+        filled = 0;
         pending += 1;
+        if pending == job.lanes.fold_every {
+            scratch.state.fold_into(posterior, job.beta);
+            pending = 0;
+        }
     }
     if pending > 0 {
         scratch.state.fold_into(posterior, job.beta);
@@ -1186,15 +1405,18 @@ fn flush_image_lanes<V: Vector>(
     posterior: &mut PartialPosterior,
 ) {
     if job.uses_cross_terms() {
-        // `scaled = 2 a p`, so that the window sums of `q scaled` are `2 C`;
-        // empty lanes get the window norm NOT_A_CANDIDATE.
-        scratch.scale_image(2.0 * job.signal, job.plan.shape.width);
+        // The query is scaled by `2 a` (see `LaneJob::query`), so that the
+        // window sums of its products with the images are `2 C`; empty
+        // lanes get the window norm NOT_A_CANDIDATE.
         window_norms::<V>(job, scratch, filled);
-        for rows in &job.lanes.rows {
-            for block in &job.lanes.blocks {
-                cross_block::<V>(job, rows, block, scratch);
-                clock.tick(job, scratch, posterior);
-            }
+        let lanes = job.lanes;
+        for &(r, b) in &lanes.by_rows {
+            cross_block::<V>(job, &lanes.rows[r], &lanes.blocks[b], scratch);
+            clock.tick(job, scratch, posterior);
+        }
+        for &(r, b) in &lanes.by_columns {
+            V::cross_few_rows(job, &lanes.rows[r], &lanes.blocks[b], scratch);
+            clock.tick(job, scratch, posterior);
         }
         return;
     }
@@ -1340,8 +1562,8 @@ fn at_least(buffer: &mut Vec<WideLanes>, len: usize) {
     }
 }
 
-/// Window sums `2 C(x, x + delta)` of the cross terms `q(z) 2 a p(z + delta)`
-/// for one row displacement and one column displacement (image lanes),
+/// Window sums `2 C(x, x + delta)` of the cross terms `(2 a q(z)) p(z + delta)`
+/// (the query scaled, the interleaved images as stored) for one row displacement and one column displacement (image lanes),
 /// streamed into the softmax states row by row. Rows where the padded
 /// query is zero (and blocks whose columns all lie where it is zero) add
 /// nothing and are not summed; within a row, the query's zero padding
@@ -1380,7 +1602,6 @@ fn cross_block<V: Vector>(
     let LaneScratch {
         query,
         image,
-        scaled,
         row_sums,
         distances,
         query_norms,
@@ -1429,7 +1650,7 @@ fn cross_block<V: Vector>(
         } else {
             let image_row = image_row as usize;
             let q = &query[query_row * lanes.query_cols + block.first..][..z_cols];
-            let p = &scaled[(image_row * extended + column_start) * LANES..][..z_cols * LANES];
+            let p = &image[(image_row * extended + column_start) * LANES..][..z_cols * LANES];
             // The padded query is zero outside its support, so the products
             // there are zero: each row is summed over all its columns.
             if starts_block {
@@ -1484,6 +1705,168 @@ fn cross_block<V: Vector>(
     }
 }
 
+/// Window sums `2 C(x, x + delta)` as in [`cross_block`], for a
+/// displacement that serves few output rows: for each output row the
+/// products of its window's rows are summed down the columns first,
+/// `T(j) = sum_i q(i, j) s(i + delta_r, j + delta_c)` over the `h` rows `i`
+/// of the window (one multiply-add per cell, in two independent chains),
+/// and the window sums are then a sliding sum of `w` values of `T` along
+/// the row. Row sums instead pay each row of the region (`h - 1` more
+/// rows than the output rows) two multiply-adds per column.
+///
+/// `live_rows` are the block rows where the query and the training image
+/// can be non-zero, `live_cols` the block columns where the query can be.
+#[inline(always)]
+fn cross_few_rows<V: Vector>(
+    job: &LaneJob<'_>,
+    rows: &RowShift,
+    block: &ColumnBlock,
+    scratch: &mut LaneScratch,
+) {
+    let plan = job.plan;
+    let lanes = job.lanes;
+    let extended = lanes.extended_width(plan);
+    let (height, width) = (plan.patch.height(), plan.patch.width());
+    let (live_rows, live_cols) = live_region(
+        rows,
+        block,
+        (height, width),
+        plan.padded_height,
+        job.query_support(),
+    );
+    let span_cols = block.penalty.len();
+    let z_cols = span_cols + width - 1;
+    let column_start = ((lanes.margin + block.first) as isize + block.delta) as usize;
+    let LaneScratch {
+        query,
+        image,
+        residual: columns,
+        distances,
+        query_norms,
+        window_norms,
+        state,
+        ..
+    } = scratch;
+    at_least(columns, z_cols);
+    at_least(distances, span_cols);
+    let query_stride = lanes.query_cols;
+    let zero = V::Wide::splat(0.0);
+    for (v, _) in rows.valid.iter().enumerate().filter(|(_, valid)| **valid) {
+        let window = v.max(live_rows.start)..(v + height).min(live_rows.end);
+        let columns = &mut columns[..z_cols];
+        columns.fill([0.0; LANES]);
+        // Two rows at a time, added to `T` in one pass.
+        let row_of = |i: usize| {
+            let query_row = rows.first + i;
+            let image_row = (query_row as isize + rows.delta) as usize;
+            (
+                &query[query_row * query_stride + block.first..][live_cols.clone()],
+                &image[(image_row * extended + column_start) * LANES..][..z_cols * LANES]
+                    [live_cols.start * LANES..live_cols.end * LANES],
+            )
+        };
+        let live = &mut columns[live_cols.clone()];
+        let mut i = window.start;
+        while i + 1 < window.end {
+            let ((q0, p0), (q1, p1)) = (row_of(i), row_of(i + 1));
+            let pairs = q0.iter().zip(p0.chunks_exact(LANES));
+            let pairs = pairs.zip(q1.iter().zip(p1.chunks_exact(LANES)));
+            for (t, ((q0, p0), (q1, p1))) in live.iter_mut().zip(pairs) {
+                let first =
+                    V::Wide::splat(*q0).mul_add(V::Wide::load_widened(p0), V::Wide::load(t));
+                V::Wide::splat(*q1)
+                    .mul_add(V::Wide::load_widened(p1), first)
+                    .store(t);
+            }
+            i += 2;
+        }
+        if i < window.end {
+            let (q0, p0) = row_of(i);
+            for (t, (q0, p0)) in live.iter_mut().zip(q0.iter().zip(p0.chunks_exact(LANES))) {
+                V::Wide::splat(*q0)
+                    .mul_add(V::Wide::load_widened(p0), V::Wide::load(t))
+                    .store(t);
+            }
+        }
+        // Slide a window of `w` values of `T` along the row.
+        let mut sum = zero;
+        for t in &columns[live_cols.start.min(width)..live_cols.end.min(width)] {
+            sum = sum.add(V::Wide::load(t));
+        }
+        sum.store(&mut distances[0]);
+        for k in 1..span_cols {
+            let change = V::Wide::load(&columns[k + width - 1]).sub(V::Wide::load(&columns[k - 1]));
+            sum = sum.add(change);
+            sum.store(&mut distances[k]);
+        }
+        let norms = Norms {
+            query: query_norms,
+            windows: window_norms,
+        };
+        softmax_row::<V, LANES>(
+            job,
+            rows,
+            block,
+            v,
+            &distances[..span_cols],
+            Some(norms),
+            image,
+            state,
+        );
+    }
+}
+
+/// The rows `i` of a block whose padded query row `rows.first + i` lies in
+/// `support_rows` and whose training row lies in the padded plane
+/// (`padded_height` rows), and the columns `j` whose query column
+/// `block.first + j` lies in `support_cols`.
+fn live_region(
+    rows: &RowShift,
+    block: &ColumnBlock,
+    (height, width): (usize, usize),
+    padded_height: usize,
+    (support_rows, support_cols): (std::ops::Range<usize>, std::ops::Range<usize>),
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let z_rows = rows.valid.len() + height - 1;
+    let z_cols = block.penalty.len() + width - 1;
+    let first = rows.first as isize;
+    let lo = (support_rows.start as isize - first)
+        .max(-rows.delta - first)
+        .max(0);
+    let hi = (support_rows.end as isize - first)
+        .min(padded_height as isize - rows.delta - first)
+        .min(z_rows as isize)
+        .max(lo);
+    let from = support_cols.start.saturating_sub(block.first).min(z_cols);
+    let to = support_cols
+        .end
+        .saturating_sub(block.first)
+        .clamp(from, z_cols);
+    (lo as usize..hi as usize, from..to)
+}
+
+/// Whether [`cross_few_rows`] costs less than the row sums of
+/// [`cross_block`] for a displacement serving `rows.valid` output rows and
+/// `span_cols` columns, counting one unit per multiply-add or addition of
+/// eight lanes: the row sums pay every live row of the region its first
+/// window (at most `width` terms), two terms per further column and one
+/// addition per column for the block sums; the column sums pay each
+/// output row a product per live cell of its window and a sliding sum
+/// along the row.
+#[inline(always)]
+fn few_rows_pay(
+    rows: &RowShift,
+    (height, width): (usize, usize),
+    span_cols: usize,
+    live_rows: usize,
+    live_cols: usize,
+) -> bool {
+    let served = rows.valid.iter().filter(|&&v| v).count();
+    let by_rows = live_rows * (live_cols.min(width) + 3 * span_cols);
+    let by_columns = served * (live_rows.min(height) * live_cols + 2 * span_cols + width);
+    by_columns < by_rows
+}
+
 /// The ring slots `current` (to write) and `before` (to read) of
 /// `slot_len` values each, two different slots of `ring`.
 #[inline(always)]
@@ -1506,8 +1889,8 @@ fn two_slots(
 }
 
 /// Slides the window sums `R(k) = sum_{j < w} q(k + j) s_l(k + j)` of one
-/// channel along a row (`q` and the interleaved `s` both `span + w - 1`
-/// columns long, `q` zero outside the columns `support`) and writes
+/// channel along a row (`q` and the interleaved `f32` values `s`, widened
+/// as they are read, both `span + w - 1` columns long, `q` zero outside the columns `support`) and writes
 /// `R(k)`, or with `ADD` `before(k) + R(k)`, to `row(k)`.
 ///
 /// The first window takes four partial sums and each later step forms its
@@ -1517,7 +1900,7 @@ fn two_slots(
 #[inline(always)]
 fn cross_row_sums<V: Vector, const ADD: bool>(
     q: &[f64],
-    s: &[f64],
+    s: &[f32],
     width: usize,
     support: std::ops::Range<usize>,
     before: &[WideLanes],
@@ -1533,17 +1916,17 @@ fn cross_row_sums<V: Vector, const ADD: bool>(
     let mut q4 = q[lo..hi.max(lo)].chunks_exact(4);
     let mut s4 = s[lo * LANES..hi.max(lo) * LANES].chunks_exact(4 * LANES);
     for (q, s) in (&mut q4).zip(&mut s4) {
-        a0 = V::Wide::splat(q[0]).mul_add(V::Wide::load_slice(&s[..LANES]), a0);
-        a1 = V::Wide::splat(q[1]).mul_add(V::Wide::load_slice(&s[LANES..2 * LANES]), a1);
-        a2 = V::Wide::splat(q[2]).mul_add(V::Wide::load_slice(&s[2 * LANES..3 * LANES]), a2);
-        a3 = V::Wide::splat(q[3]).mul_add(V::Wide::load_slice(&s[3 * LANES..]), a3);
+        a0 = V::Wide::splat(q[0]).mul_add(V::Wide::load_widened(&s[..LANES]), a0);
+        a1 = V::Wide::splat(q[1]).mul_add(V::Wide::load_widened(&s[LANES..2 * LANES]), a1);
+        a2 = V::Wide::splat(q[2]).mul_add(V::Wide::load_widened(&s[2 * LANES..3 * LANES]), a2);
+        a3 = V::Wide::splat(q[3]).mul_add(V::Wide::load_widened(&s[3 * LANES..]), a3);
     }
     for (q, s) in q4
         .remainder()
         .iter()
         .zip(s4.remainder().chunks_exact(LANES))
     {
-        a0 = V::Wide::splat(*q).mul_add(V::Wide::load_slice(s), a0);
+        a0 = V::Wide::splat(*q).mul_add(V::Wide::load_widened(s), a0);
     }
     let mut sum = a0.add(a1).add(a2.add(a3));
     let (Some((first, rest)), Some((before_first, before_rest))) =
@@ -1563,8 +1946,8 @@ fn cross_row_sums<V: Vector, const ADD: bool>(
     for ((((q_in, s_in), (q_out, s_out)), out), before) in
         entering.zip(leaving).zip(rest).zip(before_rest)
     {
-        let leaving = V::Wide::splat(-*q_out).mul(V::Wide::load_slice(s_out));
-        let change = V::Wide::splat(*q_in).mul_add(V::Wide::load_slice(s_in), leaving);
+        let leaving = V::Wide::splat(-*q_out).mul(V::Wide::load_widened(s_out));
+        let change = V::Wide::splat(*q_in).mul_add(V::Wide::load_widened(s_in), leaving);
         sum = sum.add(change);
         if ADD {
             sum.add(V::Wide::load(before)).store(out);
@@ -1576,14 +1959,15 @@ fn cross_row_sums<V: Vector, const ADD: bool>(
 
 /// The squares of the eight lanes of `row` at column `j`.
 #[inline(always)]
-fn lane_squares<V: Vector>(row: &[f64], j: usize) -> V::Wide {
-    let s = V::Wide::load_slice(&row[j * LANES..]);
+fn lane_squares<V: Vector>(row: &[f32], j: usize) -> V::Wide {
+    let s = V::Wide::load_widened(&row[j * LANES..]);
     s.mul(s)
 }
 
-/// `A(y) = sum_c sum_o (a p_l(c, y + o))^2` for every candidate centre `y`
-/// and lane `l` of the interleaved `scaled = 2 a p`, by sliding sums along
-/// the rows and then down the columns; lanes from `filled` on get
+/// `A(y) = a^2 sum_c sum_o p_l(c, y + o)^2` for every candidate centre `y`
+/// and lane `l` of the interleaved images (whose squares are exact in
+/// `f64`), by sliding sums along the rows and then down the columns, a row
+/// of running sums at a time; lanes from `filled` on get
 /// [`NOT_A_CANDIDATE`].
 #[inline(always)]
 fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled: usize) {
@@ -1593,13 +1977,18 @@ fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled:
     let margin = job.lanes.margin;
     let (height, width) = (plan.patch.height(), plan.patch.width());
     let LaneScratch {
-        scaled,
+        image,
         window_norms,
         norm_rows,
+        residual: running,
         ..
     } = scratch;
-    norm_rows.clear();
-    norm_rows.resize(ph * shape.width, [0.0; LANES]);
+    // Every row that can hold a value is written below (the first channel
+    // stores, the others add); the rest stay zero from here.
+    if norm_rows.len() != ph * shape.width {
+        norm_rows.clear();
+        norm_rows.resize(ph * shape.width, [0.0; LANES]);
+    }
     // With zero padding only the image's own rows and columns hold values;
     // the sums of the padding rows stay zero.
     let (rows, first_column) = match plan.boundary {
@@ -1610,7 +1999,7 @@ fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled:
         Boundary::Periodic => (0..ph, 0),
     };
     for c in 0..shape.channels {
-        let plane = &scaled[c * ph * extended * LANES..];
+        let plane = &image[c * ph * extended * LANES..];
         for r in rows.clone() {
             let row = &plane[(r * extended + margin) * LANES..];
             let mut sum = V::Wide::splat(0.0);
@@ -1622,26 +2011,36 @@ fn window_norms<V: Vector>(job: &LaneJob<'_>, scratch: &mut LaneScratch, filled:
                 .enumerate()
             {
                 sum = sum.add(lane_squares::<V>(row, x + width - 1));
-                V::Wide::load(out).add(sum).store(out);
+                if c == 0 {
+                    sum.store(out);
+                } else {
+                    V::Wide::load(out).add(sum).store(out);
+                }
                 sum = sum.sub(lane_squares::<V>(row, x));
             }
         }
     }
-    window_norms.clear();
+    // Down the columns, a row of running sums at a time: the window of
+    // output row `r` takes the row sums of rows `r ..= r + h - 1`.
     window_norms.resize(shape.positions(), [0.0; LANES]);
-    let quarter = V::Wide::splat(0.25);
-    for x in 0..shape.width {
-        let mut sum = V::Wide::splat(0.0);
-        for r in 0..height - 1 {
-            sum = sum.add(V::Wide::load(&norm_rows[r * shape.width + x]));
+    at_least(running, shape.width);
+    let running = &mut running[..shape.width];
+    running.fill([0.0; LANES]);
+    let norm_row = |r: usize| &norm_rows[r * shape.width..][..shape.width];
+    for r in rows.start.min(height - 1)..height - 1 {
+        for (sum, value) in running.iter_mut().zip(norm_row(r)) {
+            V::Wide::load(sum).add(V::Wide::load(value)).store(sum);
         }
-        for r in 0..shape.height {
-            sum = sum.add(V::Wide::load(
-                &norm_rows[(r + height - 1) * shape.width + x],
-            ));
-            sum.mul(quarter)
-                .store(&mut window_norms[r * shape.width + x]);
-            sum = sum.sub(V::Wide::load(&norm_rows[r * shape.width + x]));
+    }
+    let squared_signal = V::Wide::splat(job.signal * job.signal);
+    for (r, out) in window_norms.chunks_exact_mut(shape.width).enumerate() {
+        let (entering, leaving) = (norm_row(r + height - 1), norm_row(r));
+        for (((sum, out), entering), leaving) in
+            running.iter_mut().zip(out).zip(entering).zip(leaving)
+        {
+            let window = V::Wide::load(sum).add(V::Wide::load(entering));
+            window.mul(squared_signal).store(out);
+            window.sub(V::Wide::load(leaving)).store(sum);
         }
     }
     if filled < LANES {
