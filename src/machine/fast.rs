@@ -335,8 +335,7 @@ impl LanePlan {
                     plan.padded_height,
                     support.clone(),
                 );
-                std::env::var_os("NOFEW").is_none()
-                    && !live_cols.is_empty()
+                !live_cols.is_empty()
                     && few_rows_pay(
                         rows,
                         (height, width),
@@ -358,6 +357,21 @@ impl LanePlan {
             fold_blocks: (per_lane > FOLD_TERMS).then_some(FOLD_TERMS),
             same_location,
         }
+    }
+
+    /// The same plan with the cross terms of every displacement summed down
+    /// the columns first (`by_columns`) or along the rows first.
+    #[cfg(test)]
+    fn summing_all(mut self, by_columns: bool) -> Self {
+        let mut all = std::mem::take(&mut self.by_rows);
+        all.append(&mut self.by_columns);
+        all.sort_unstable();
+        if by_columns {
+            self.by_columns = all;
+        } else {
+            self.by_rows = all;
+        }
+        self
     }
 
     /// Width of an extended padded plane.
@@ -2561,6 +2575,78 @@ mod tests {
             }
         }
         assert_eq!(checked, 4 * (4 * 3 + 2), "cases that take cross terms");
+    }
+
+    /// Cross terms summed down the columns first ([`cross_few_rows`]) agree
+    /// with residual sums for every displacement, whichever way the plan
+    /// would sum it: zero padding and periodic queries, square and
+    /// asymmetric windows, windows as tall as the image and taller, full
+    /// and partial groups of eight, both lane implementations.
+    #[test]
+    fn column_sums_agree_with_residuals() {
+        use crate::equivariance::{Equivariance, PeriodicFull, PeriodicInterior, ZeroPadded};
+        use crate::image::Shape;
+        use crate::locality::Patch;
+        let patches = [
+            Patch::offsets(1, 1, 1, 1),
+            Patch::offsets(3, 3, 3, 3),
+            Patch::offsets(3, 1, 0, 4),
+            Patch::offsets(0, 5, 2, 1),
+            Patch::offsets(6, 6, 6, 6),
+            Patch::offsets(8, 8, 8, 8),
+        ];
+        let equivariances: [&dyn Equivariance; 3] = [&ZeroPadded, &PeriodicInterior, &PeriodicFull];
+        let mut checked = 0;
+        for (height, width) in [(9, 7), (13, 13), (5, 17)] {
+            let shape = Shape::new(1, height, width).unwrap();
+            for patch in &patches {
+                for &equivariance in &equivariances {
+                    for images in [IMAGE_LANES_FROM, IMAGE_LANES_FROM + 3] {
+                        let Some(case) = Case::with_patch(shape, patch, equivariance, images)
+                        else {
+                            continue;
+                        };
+                        let lanes = LanePlan::new(&case.plan, images);
+                        if !case.job(&lanes, true).uses_cross_terms() {
+                            continue;
+                        }
+                        checked += 1;
+                        let want = case.run_lanes(&lanes, false, false);
+                        let columns = lanes.summing_all(true);
+                        for portable in [false, true] {
+                            let got = case.run_lanes(&columns, true, portable);
+                            assert_close(&got, &want, 2e-6);
+                        }
+                        let rows = LanePlan::new(&case.plan, images).summing_all(false);
+                        assert_close(&case.run_lanes(&rows, true, false), &want, 2e-6);
+                    }
+                }
+            }
+        }
+        assert!(checked >= 60, "only {checked} cases take cross terms");
+    }
+
+    /// With zero padding at k = 27 on 28x28 images, the six displacements
+    /// one row off, which serve one output row or one pixel each, sum down
+    /// the columns; the other three, which serve every row, along the rows.
+    #[test]
+    fn displacements_serving_one_row_sum_down_the_columns() {
+        use crate::equivariance::ZeroPadded;
+        use crate::image::Shape;
+        use crate::locality::Patch;
+        let shape = Shape::new(1, 28, 28).unwrap();
+        let case =
+            Case::with_patch(shape, &Patch::offsets(13, 13, 13, 13), &ZeroPadded, 1).expect("plan");
+        let lanes = LanePlan::new(&case.plan, IMAGE_LANES_FROM);
+        let shift = |(r, b): &(usize, usize)| (lanes.rows[*r].delta, lanes.blocks[*b].delta);
+        let mut by_columns: Vec<_> = lanes.by_columns.iter().map(shift).collect();
+        by_columns.sort_unstable();
+        assert_eq!(
+            by_columns,
+            [(-1, -1), (-1, 0), (-1, 1), (1, -1), (1, 0), (1, 1)]
+        );
+        assert!(lanes.by_rows.iter().map(shift).any(|s| s == (0, 0)));
+        assert_eq!(lanes.by_rows.len() + lanes.by_columns.len(), 9);
     }
 
     /// Displacements that wrap around a periodic query give the same
