@@ -2240,52 +2240,54 @@ impl<V: Vector> Segment<'_, V> {
             sums,
             ..
         } = state;
-        let per_position = self.distances[columns.clone()]
-            .iter()
-            .zip(&self.penalty[columns.clone()])
-            .zip(&mut reference[base..base + len])
-            .zip(&mut nearest[base..base + len])
-            .zip(&mut normaliser[base..base + len])
-            .zip(sums[base * channels..(base + len) * channels].chunks_exact_mut(channels));
-        match self.norms {
-            None => {
-                for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate()
-                {
-                    let state = PixelState {
-                        reference,
-                        nearest,
-                        normaliser: z,
-                        sums: s,
-                    };
-                    let distance = V::Wide::load(d).max(zero);
-                    step.add(distance, penalty, state, |c| {
-                        V::load_slice(&image[c * stride + value_start + j * STRIDE..])
-                    });
-                }
+        let Some(norms) = self.norms else {
+            let per_position = self.distances[columns.clone()]
+                .iter()
+                .zip(&self.penalty[columns.clone()])
+                .zip(&mut reference[base..base + len])
+                .zip(&mut nearest[base..base + len])
+                .zip(&mut normaliser[base..base + len])
+                .zip(sums[base * channels..(base + len) * channels].chunks_exact_mut(channels));
+            for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate() {
+                let state = PixelState {
+                    reference,
+                    nearest,
+                    normaliser: z,
+                    sums: s,
+                };
+                let distance = V::Wide::load(d).max(zero);
+                step.add(distance, penalty, state, |c| {
+                    V::load_slice(&image[c * stride + value_start + j * STRIDE..])
+                });
             }
-            Some(norms) => {
-                debug_assert_eq!(channels, 1, "cross terms are for one channel");
-                let values = &image[value_start..value_start + (len - 1) * STRIDE + LANES];
-                let start = self.centres + columns.start;
-                let windows = &norms.windows[start..start + len];
-                let with_norms = per_position
-                    .zip(&norms.query[base..base + len])
-                    .zip(windows)
-                    .zip(values.windows(LANES).step_by(STRIDE));
-                for ((((((((d, penalty), reference), nearest), z), s), q), a), v) in with_norms {
-                    let state = PixelState {
-                        reference,
-                        nearest,
-                        normaliser: z,
-                        sums: s,
-                    };
-                    let distance = V::Wide::splat(*q)
-                        .add(V::Wide::load(a))
-                        .sub(V::Wide::load(d))
-                        .max(zero);
-                    step.add(distance, penalty, state, |_| V::load_slice(v));
-                }
-            }
+            return;
+        };
+        debug_assert_eq!(channels, 1, "cross terms are for one channel");
+        // Every slice `len` long, so that the loop indexes them unchecked.
+        let values = &image[value_start..value_start + (len - 1) * STRIDE + LANES];
+        let start = self.centres + columns.start;
+        let windows = &norms.windows[start..start + len];
+        let query = &norms.query[base..base + len];
+        let distances = &self.distances[columns.clone()];
+        let penalty = &self.penalty[columns];
+        let reference = &mut reference[base..base + len];
+        let nearest = &mut nearest[base..base + len];
+        let normaliser = &mut normaliser[base..base + len];
+        let sums = &mut sums[base..base + len];
+        for j in 0..len {
+            let distance = V::Wide::splat(query[j])
+                .add(V::Wide::load(&windows[j]))
+                .sub(V::Wide::load(&distances[j]))
+                .max(zero);
+            let state = PixelState {
+                reference: &mut reference[j],
+                nearest: &mut nearest[j],
+                normaliser: &mut normaliser[j],
+                sums: std::slice::from_mut(&mut sums[j]),
+            };
+            step.add(distance, &penalty[j], state, |_| {
+                V::load_slice(&values[j * STRIDE..])
+            });
         }
     }
 }
