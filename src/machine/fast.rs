@@ -683,7 +683,12 @@ impl LaneJob<'_> {
             },
             image_rows,
             image: vec![0.0; image_len],
-            scaled: vec![0.0; image_len],
+            // Cross terms read `image` itself.
+            scaled: if self.uses_cross_terms() {
+                Vec::new()
+            } else {
+                vec![0.0; image_len]
+            },
             residual: Vec::new(),
             row_sums: Vec::new(),
             distances: Vec::new(),
