@@ -1728,13 +1728,12 @@ fn cross_block<V: Vector>(
 /// displacement that serves few output rows: for each output row the
 /// products of its window's rows are summed down the columns first,
 /// `T(j) = sum_i q(i, j) s(i + delta_r, j + delta_c)` over the `h` rows `i`
-/// of the window (one multiply-add per cell, in two independent chains),
+/// of the window (one multiply-add per cell, two rows per pass over `T`),
 /// and the window sums are then a sliding sum of `w` values of `T` along
 /// the row. Row sums instead pay each row of the region (`h - 1` more
-/// rows than the output rows) two multiply-adds per column.
-///
-/// `live_rows` are the block rows where the query and the training image
-/// can be non-zero, `live_cols` the block columns where the query can be.
+/// rows than the output rows) two multiply-adds per column. Only the rows
+/// where the query and the training image can be non-zero and the columns
+/// where the query can be are summed ([`live_region`]).
 #[inline(always)]
 fn cross_few_rows<V: Vector>(
     job: &LaneJob<'_>,
