@@ -1190,6 +1190,8 @@ pub(crate) mod avx2 {
             block: &ColumnBlock,
             scratch: &mut LaneScratch,
         ) {
+            // SAFETY: the kernel generic over `V` calls this only with
+            // `V = Avx`, that is inside `run`, after the AVX2 and FMA check.
             unsafe { cross_few_rows(job, rows, block, scratch) };
         }
     }
