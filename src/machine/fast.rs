@@ -170,6 +170,14 @@ pub(crate) struct ColumnBlock {
     all_candidates: bool,
 }
 
+impl ColumnBlock {
+    /// The column of an extended padded training image that lines up with
+    /// the block's first column (padded query column `first`).
+    fn image_column(&self, lanes: &LanePlan) -> usize {
+        ((lanes.margin + self.first) as isize + self.delta) as usize
+    }
+}
+
 /// The displacement structure of a [`Plan`] regrouped for the lanes.
 pub(crate) struct LanePlan {
     rows: Vec<RowShift>,
@@ -1494,7 +1502,7 @@ fn displacement_block<V: Vector, const STRIDE: usize>(
     let span_rows = rows.valid.len();
     let span_cols = block.penalty.len();
     let (z_rows, z_cols) = (span_rows + height - 1, span_cols + width - 1);
-    let column_start = ((lanes.margin + block.first) as isize + block.delta) as usize;
+    let column_start = block.image_column(lanes);
 
     let LaneScratch {
         query,
@@ -1613,10 +1621,12 @@ fn cross_block<V: Vector>(
     let span_rows = rows.valid.len();
     let span_cols = block.penalty.len();
     let (z_rows, z_cols) = (span_rows + height - 1, span_cols + width - 1);
-    let column_start = ((lanes.margin + block.first) as isize + block.delta) as usize;
+    let column_start = block.image_column(lanes);
     let (support_rows, support_cols) = job.query_support();
     // Columns `j` of the block (padded query column `first + j`) where the
-    // query can be non-zero.
+    // query can be non-zero, as in [`live_region`]; written out here, and
+    // the rows tested one by one below, because calling it made this loop
+    // run 1.3% more instructions (bbELS at k = 15).
     let from = support_cols.start.saturating_sub(block.first).min(z_cols);
     let to = support_cols.end.saturating_sub(block.first).min(z_cols);
 
@@ -1756,7 +1766,7 @@ fn cross_few_rows<V: Vector>(
     );
     let span_cols = block.penalty.len();
     let z_cols = span_cols + width - 1;
-    let column_start = ((lanes.margin + block.first) as isize + block.delta) as usize;
+    let column_start = block.image_column(lanes);
     let LaneScratch {
         query,
         image,
