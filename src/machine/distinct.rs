@@ -30,6 +30,7 @@ use super::fast::{
 };
 use super::plan::{AxisPlan, Plan};
 use super::posterior::PartialPosterior;
+use super::simd::Isa;
 
 /// The most window values (`h w C`) for which the direct sum beats the
 /// sliding sums of the lane kernel, measured on MNIST (up to 5x5 windows).
@@ -432,6 +433,8 @@ pub(crate) struct DistinctJob<'a> {
     pub queries: &'a [f64],
     pub signal: f64,
     pub beta: f64,
+    /// The instruction set the kernels run on (see [`Isa`]).
+    pub isa: Isa,
 }
 
 impl DistinctJob<'_> {
@@ -461,33 +464,47 @@ impl DistinctJob<'_> {
 
     /// Adds the windows of blocks `blocks` to `posterior`.
     pub fn run(&self, blocks: std::ops::Range<usize>, posterior: &mut PartialPosterior) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                unsafe { avx2::run(self, blocks, posterior) };
-                return;
-            }
+        match self.isa {
+            // SAFETY: `Isa::detected` gives a level only where the CPU
+            // supports it, and the levels a job is built with come from it
+            // or from `Isa::available`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { simd::run_avx512(self, blocks, posterior) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::run_avx2(self, blocks, posterior) },
+            _ => run_with::<Portable>(self, blocks, posterior),
         }
-        run_with::<Portable>(self, blocks, posterior);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod simd {
     use super::super::fast::avx2::Avx;
+    use super::super::fast::avx512::Avx512;
     use super::{DistinctJob, PartialPosterior, run_with};
 
     /// # Safety
     ///
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn run(
+    pub(super) unsafe fn run_avx2(
         job: &DistinctJob<'_>,
         blocks: std::ops::Range<usize>,
         posterior: &mut PartialPosterior,
     ) {
         run_with::<Avx>(job, blocks, posterior);
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn run_avx512(
+        job: &DistinctJob<'_>,
+        blocks: std::ops::Range<usize>,
+        posterior: &mut PartialPosterior,
+    ) {
+        run_with::<Avx512>(job, blocks, posterior);
     }
 }
 

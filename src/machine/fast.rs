@@ -62,6 +62,7 @@
 
 use super::plan::{Plan, Shift, joined_shifts, query_reach};
 use super::posterior::PartialPosterior;
+use super::simd::Isa;
 use crate::equivariance::Boundary;
 
 /// Candidates handled together: training images, or column displacements.
@@ -633,6 +634,9 @@ pub(crate) struct LaneJob<'a> {
     /// Whether image lanes may expand each distance into norms and a cross
     /// term (see [`LaneJob::uses_cross_terms`]).
     pub cross: bool,
+    /// The instruction set the kernel runs on: [`Isa::detected`], or in
+    /// tests any of [`Isa::available`].
+    pub isa: Isa,
 }
 
 /// What the lanes need of the query, the same for every chunk of training
@@ -754,15 +758,16 @@ impl LaneJob<'_> {
         scratch: &mut LaneScratch,
         posterior: &mut PartialPosterior,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                unsafe { avx2::run(self, images, scratch, posterior) };
-                return;
-            }
+        match self.isa {
+            // SAFETY: `Isa::detected` gives a level only where the CPU
+            // supports it, and the levels a job is built with come from it
+            // or from `Isa::available`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::run(self, images, scratch, posterior) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::run(self, images, scratch, posterior) },
+            _ => run_with::<Portable>(self, images, scratch, posterior),
         }
-        run_with::<Portable>(self, images, scratch, posterior);
     }
 }
 
@@ -789,21 +794,21 @@ fn query_support(
 /// `c` at the centre. Lanes that are no candidate carry the distance
 /// [`NOT_A_CANDIDATE`].
 pub(crate) fn add_centre(
+    isa: Isa,
     beta: f64,
     distances: &[WideLanes],
-    (rows, cols, width): (&[usize], &[usize], usize),
+    outputs: (&[usize], &[usize], usize),
     values: &[Lanes],
     state: &mut LaneState,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            unsafe { avx2::add_centre(beta, distances, (rows, cols, width), values, state) };
-            return;
-        }
+    match isa {
+        // SAFETY: as in `LaneJob::run`, `isa` is a level the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::add_centre(beta, distances, outputs, values, state) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::add_centre(beta, distances, outputs, values, state) },
+        _ => add_centre_with::<Portable>(beta, distances, outputs, values, state),
     }
-    add_centre_with::<Portable>(beta, distances, (rows, cols, width), values, state);
 }
 
 #[inline(always)]
@@ -1033,7 +1038,7 @@ pub(crate) mod avx2 {
     use crate::machine::posterior::PartialPosterior;
 
     #[derive(Clone, Copy)]
-    pub(crate) struct Avx(__m256);
+    pub(crate) struct Avx(pub(super) __m256);
 
     #[derive(Clone, Copy)]
     pub(crate) struct AvxWide(__m256d, __m256d);
@@ -1318,6 +1323,9 @@ pub(crate) mod avx2 {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 
 #[inline(always)]
 fn run_with<'i, V: Vector>(
@@ -2528,10 +2536,11 @@ mod tests {
         }
     }
 
-    /// The portable lanes and the dispatched ones (AVX2 where the CPU has
-    /// it) give the same posterior, for every kind of lane plan.
+    /// Every instruction set the CPU has gives the same posterior as the
+    /// portable lanes, for every kind of lane plan; AVX2 and AVX-512 give
+    /// the same bits.
     #[test]
-    fn portable_lanes_agree_with_dispatched_lanes() {
+    fn instruction_sets_agree() {
         use crate::equivariance::{
             Equivariance, PeriodicFull, PeriodicInterior, SameLocation, ZeroPadded,
         };
@@ -2545,9 +2554,16 @@ mod tests {
                 (IMAGE_LANES_FROM, false),
                 (IMAGE_LANES_FROM, true),
             ] {
-                let portable = case.run(layout_images, cross, true);
-                let dispatched = case.run(layout_images, cross, false);
-                assert_close(&portable, &dispatched, 1e-5);
+                let portable = case.run(layout_images, cross, Isa::Portable);
+                let wide: Vec<Vec<f64>> = Isa::available()
+                    .into_iter()
+                    .filter(|&isa| isa > Isa::Portable)
+                    .map(|isa| case.run(layout_images, cross, isa))
+                    .collect();
+                for got in &wide {
+                    assert_close(&portable, got, 1e-5);
+                    assert_eq!(got, &wide[0], "AVX2 and AVX-512 differ");
+                }
             }
         }
         for images in [1, 7, 8, 19, 133] {
@@ -2584,11 +2600,11 @@ mod tests {
                         continue;
                     }
                     checked += 1;
-                    let residuals = case.run(IMAGE_LANES_FROM, false, false);
-                    let cross = case.run(IMAGE_LANES_FROM, true, false);
-                    assert_close(&residuals, &cross, 2e-6);
-                    let portable = case.run(IMAGE_LANES_FROM, true, true);
-                    assert_close(&residuals, &portable, 2e-6);
+                    let residuals = case.run(IMAGE_LANES_FROM, false, Isa::detected());
+                    for isa in Isa::available() {
+                        let cross = case.run(IMAGE_LANES_FROM, true, isa);
+                        assert_close(&residuals, &cross, 2e-6);
+                    }
                 }
             }
         }
@@ -2629,14 +2645,15 @@ mod tests {
                             continue;
                         }
                         checked += 1;
-                        let want = case.run_lanes(&lanes, false, false);
+                        let want = case.run_lanes(&lanes, false, Isa::detected());
                         let columns = lanes.summing_all(true);
-                        for portable in [false, true] {
-                            let got = case.run_lanes(&columns, true, portable);
+                        for isa in Isa::available() {
+                            let got = case.run_lanes(&columns, true, isa);
                             assert_close(&got, &want, 2e-6);
                         }
                         let rows = LanePlan::new(&case.plan, images).summing_all(false);
-                        assert_close(&case.run_lanes(&rows, true, false), &want, 2e-6);
+                        let got = case.run_lanes(&rows, true, Isa::detected());
+                        assert_close(&got, &want, 2e-6);
                     }
                 }
             }
@@ -2684,9 +2701,9 @@ mod tests {
             let joins = wrapped.rows.len() < unwrapped.rows.len()
                 || wrapped.blocks.len() < unwrapped.blocks.len();
             for cross in [false, true] {
-                let want = case.run_lanes(&unwrapped, cross, false);
-                for portable in [false, true] {
-                    let got = case.run_lanes(&wrapped, cross, portable);
+                let want = case.run_lanes(&unwrapped, cross, Isa::detected());
+                for isa in Isa::available() {
+                    let got = case.run_lanes(&wrapped, cross, isa);
                     assert_close(&got, &want, 2e-6);
                 }
             }
@@ -2788,16 +2805,15 @@ mod tests {
         }
 
         /// The estimate with the lane plan `lanes`.
-        fn run_lanes(&self, lanes: &LanePlan, cross: bool, portable: bool) -> Vec<f64> {
-            let job = self.job(lanes, cross);
+        fn run_lanes(&self, lanes: &LanePlan, cross: bool, isa: Isa) -> Vec<f64> {
+            let job = LaneJob {
+                isa,
+                ..self.job(lanes, cross)
+            };
             let mut posterior = PartialPosterior::new(self.plan.shape, job.beta);
             let mut scratch = job.scratch(&job.query(&self.query));
             let rows = self.training.chunks_exact(self.plan.shape.len());
-            if portable {
-                run_with::<Portable>(&job, rows, &mut scratch, &mut posterior);
-            } else {
-                job.run(rows, &mut scratch, &mut posterior);
-            }
+            job.run(rows, &mut scratch, &mut posterior);
             let image: crate::image::Image<f64> = posterior.to_image().expect("estimate");
             image.as_slice().to_vec()
         }
@@ -2809,15 +2825,16 @@ mod tests {
                 signal: 0.8,
                 beta: 0.9,
                 cross,
+                isa: Isa::detected(),
             }
         }
 
         /// The estimate with the lane layout chosen for `layout_images`
-        /// training images, on the portable or the dispatched lanes.
-        fn run(&self, layout_images: usize, cross: bool, portable: bool) -> Vec<f64> {
+        /// training images, on the instruction set `isa`.
+        fn run(&self, layout_images: usize, cross: bool, isa: Isa) -> Vec<f64> {
             let lanes = LanePlan::new(&self.plan, layout_images);
             assert!(lanes.image_lanes || layout_images < IMAGE_LANES_FROM);
-            self.run_lanes(&lanes, cross, portable)
+            self.run_lanes(&lanes, cross, isa)
         }
     }
 

@@ -12,6 +12,7 @@ use rustfft::{Fft, FftPlanner};
 use super::fast::{self, FOLD_TERMS, LANES, LaneState, Lanes, WideLanes};
 use super::plan::{AxisPlan, Plan};
 use super::posterior::PartialPosterior;
+use super::simd::Isa;
 use crate::image::Shape;
 
 pub(super) type C64 = Complex<f64>;
@@ -96,7 +97,7 @@ impl Centres {
     /// `fold_centres` centres.
     pub fn add_each<S: GroupScratch>(
         &self,
-        (shape, beta): (Shape, f64),
+        (shape, beta, isa): (Shape, f64, Isa),
         scratch: &mut S,
         posterior: &mut PartialPosterior,
         mut form: impl FnMut(&mut S, &Centre),
@@ -113,6 +114,7 @@ impl Centres {
             let (group, distances, state) = scratch.parts();
             group.values_at(shape, (centre.row, centre.col), &mut values);
             fast::add_centre(
+                isa,
                 beta,
                 distances,
                 (

@@ -8,6 +8,7 @@ mod kernel;
 mod mosaic;
 mod plan;
 mod posterior;
+mod simd;
 mod spectral;
 mod torus;
 mod whole;
@@ -86,6 +87,8 @@ pub struct Machine<T, S, L, E> {
     equivariance: E,
     /// Distinct small candidate windows, collected on first use.
     distinct: distinct::DistinctCache,
+    /// The instruction set of the kernels, [`simd::Isa::detected`].
+    isa: simd::Isa,
 }
 
 /// The ideal score machine (IS).
@@ -219,6 +222,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             locality,
             equivariance,
             distinct: distinct::DistinctCache::default(),
+            isa: simd::Isa::detected(),
         })
     }
 
@@ -564,6 +568,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                     queries: &windows,
                     signal,
                     beta,
+                    isa: self.isa,
                 };
                 let blocks: Vec<usize> = (0..job.blocks()).collect();
                 let mut posterior =
@@ -624,6 +629,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                         spectral,
                         signal,
                         beta,
+                        isa: self.isa,
                     };
                     job.run(images, &mut job.scratch(query), &mut posterior);
                 }
@@ -633,6 +639,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                         torus,
                         signal,
                         beta,
+                        isa: self.isa,
                     };
                     job.run(images, &mut job.scratch(query), &mut posterior);
                 }
@@ -665,6 +672,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             signal,
             beta,
             cross,
+            isa: self.isa,
         };
         let len = shape.len();
         let query = job.query(query);
@@ -1006,6 +1014,65 @@ mod tests {
             TrainingSet::new(shape, pixels, Some(labels.clone())).unwrap(),
             TrainingSet::new(shape, wide, Some(labels)).unwrap(),
         )
+    }
+
+    /// Every instruction set the CPU has gives the same estimate on every
+    /// route (distinct windows, image lanes with and without cross terms,
+    /// column lanes, whole-image transforms): AVX2 and AVX-512 to the bit,
+    /// the portable lanes, which round without fused multiply-adds, to
+    /// the rounding of `f32`.
+    #[test]
+    fn instruction_sets_give_the_same_estimates() {
+        fn check<S, L, E>(machine: &Machine<f32, S, L, E>, query: &Image<f32>)
+        where
+            S: NoiseSchedule + Clone,
+            L: Locality + Clone,
+            E: Equivariance + Clone,
+        {
+            let estimates: Vec<(simd::Isa, Image<f32>)> = simd::Isa::available()
+                .into_iter()
+                .map(|isa| {
+                    let mut machine = machine.clone();
+                    machine.isa = isa;
+                    (isa, machine.x0_hat(query, 0.3, None).unwrap())
+                })
+                .collect();
+            let (_, portable) = &estimates[0];
+            for (isa, estimate) in &estimates[1..] {
+                for (a, b) in estimate.as_slice().iter().zip(portable.as_slice()) {
+                    assert!((a - b).abs() <= 1e-5, "{isa:?}: {a} against {b}");
+                }
+                assert_eq!(estimate, &estimates[1].1, "{isa:?}");
+            }
+        }
+        let shape = Shape::new(1, 12, 12).unwrap();
+        let (sparse, _) = sparse_values(40, shape);
+        let (dense, _, query, _) = same_values(40, shape);
+        let (few, _, _, _) = same_values(5, shape);
+        let square = |side| SquarePatch::new(side).unwrap();
+        let distinct =
+            Machine::equivariant_local_zero_padded(sparse, LegacyCosine, square(3)).unwrap();
+        check(&distinct, &query);
+        assert_eq!(distinct.distinct.len(), 1, "distinct windows");
+        for side in [3, 5, 11] {
+            check(
+                &Machine::equivariant_local(dense.clone(), LegacyCosine, square(side)).unwrap(),
+                &query,
+            );
+            check(
+                &Machine::equivariant_local_zero_padded(dense.clone(), LegacyCosine, square(side))
+                    .unwrap(),
+                &query,
+            );
+            check(
+                &Machine::equivariant_local(few.clone(), LegacyCosine, square(side)).unwrap(),
+                &query,
+            );
+        }
+        check(
+            &Machine::local(dense.clone(), LegacyCosine, square(5)).unwrap(),
+            &query,
+        );
     }
 
     /// Repeated small windows, compared once and weighted by their count,

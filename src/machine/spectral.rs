@@ -44,6 +44,7 @@ use super::fourier::{
 };
 use super::plan::{AxisPlan, Plan, joined_shifts};
 use super::posterior::PartialPosterior;
+use super::simd::Isa;
 use super::torus::TorusPlan;
 use crate::equivariance::Boundary;
 
@@ -222,6 +223,8 @@ pub(crate) struct SpectralJob<'a> {
     pub spectral: &'a SpectralPlan,
     pub signal: f64,
     pub beta: f64,
+    /// The instruction set the kernels run on (see [`Isa`]).
+    pub isa: Isa,
 }
 
 /// Buffers of one worker.
@@ -297,13 +300,16 @@ impl SpectralJob<'_> {
         for d in scratch.distances.iter_mut() {
             d[filled..].fill(NOT_A_CANDIDATE);
         }
-        spectral
-            .centres
-            .add_each((shape, self.beta), scratch, posterior, |scratch, centre| {
+        spectral.centres.add_each(
+            (shape, self.beta, self.isa),
+            scratch,
+            posterior,
+            |scratch, centre| {
                 for pair in 0..filled.div_ceil(2) {
                     self.cross_terms(scratch, centre, [2 * pair, 2 * pair + 1]);
                 }
-            });
+            },
+        );
     }
 
     /// Writes into `scratch.distances` the distances of lanes `lanes` (the
@@ -499,6 +505,7 @@ pub(super) mod tests {
                 spectral: &spectral,
                 signal: 0.8,
                 beta: 3.0,
+                isa: Isa::detected(),
             };
             let mut scratch = job.scratch(&query);
             let mut posterior = PartialPosterior::new(shape, 3.0);

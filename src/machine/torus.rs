@@ -51,6 +51,7 @@ use super::fourier::{
 };
 use super::plan::Plan;
 use super::posterior::PartialPosterior;
+use super::simd::Isa;
 use crate::equivariance::Boundary;
 
 /// What the whole-torus route needs of a [`Plan`].
@@ -211,6 +212,8 @@ pub(crate) struct TorusJob<'a> {
     pub torus: &'a TorusPlan,
     pub signal: f64,
     pub beta: f64,
+    /// The instruction set the kernels run on (see [`Isa`]).
+    pub isa: Isa,
 }
 
 /// Buffers of one worker.
@@ -361,11 +364,12 @@ impl TorusJob<'_> {
             self.whole_correlation(scratch, [2 * pair, 2 * pair + 1]);
         }
         self.line_tables(scratch);
-        torus
-            .centres
-            .add_each((shape, self.beta), scratch, posterior, |scratch, centre| {
-                self.form_distances(scratch, centre)
-            });
+        torus.centres.add_each(
+            (shape, self.beta, self.isa),
+            scratch,
+            posterior,
+            |scratch, centre| self.form_distances(scratch, centre),
+        );
     }
 
     /// Writes `G(v)` of lanes `lanes` (the second may be past the group's
@@ -473,12 +477,12 @@ impl TorusJob<'_> {
             row_norms[slot] = squared_norms(&line[..channels * width]);
             let table = &mut row_tables[slot * 2 * plane_len..][..2 * plane_len];
             constant_rows[slot] = line_table(
+                self.isa,
                 table,
                 &line[..channels * width],
                 query_rows,
                 query_row_sums,
-                height,
-                width,
+                (height, width),
                 false,
             );
         }
@@ -491,12 +495,12 @@ impl TorusJob<'_> {
             col_norms[slot] = squared_norms(&line[..channels * height]);
             let table = &mut col_tables[slot * 2 * plane_len..][..2 * plane_len];
             constant_cols[slot] = line_table(
+                self.isa,
                 table,
                 &line[..channels * height],
                 query_cols,
                 query_col_sums,
-                width,
-                height,
+                (width, height),
                 true,
             );
         }
@@ -522,15 +526,16 @@ impl TorusJob<'_> {
     /// Writes into `scratch.distances` the distances of every lane to the
     /// output pixels that take `centre`.
     fn form_distances(&self, scratch: &mut TorusScratch, centre: &Centre) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                unsafe { avx2::form_distances(self, scratch, centre) };
-                return;
-            }
+        match self.isa {
+            // SAFETY: `Isa::detected` gives a level only where the CPU
+            // supports it, and the levels a job is built with come from it
+            // or from `Isa::available`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { simd::form_distances_avx512(self, scratch, centre) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::form_distances_avx2(self, scratch, centre) },
+            _ => form_distances_with::<Portable>(self, scratch, centre),
         }
-        form_distances_with::<Portable>(self, scratch, centre);
     }
 }
 
@@ -581,12 +586,12 @@ fn squared_norms(line: &[WideLanes]) -> WideLanes {
 /// does not depend on `v`, only `T(o, 0)` is stored, and the result is
 /// `true`.
 fn line_table(
+    isa: Isa,
     table: &mut [WideLanes],
     line: &[WideLanes],
     query: &[Vec<f64>],
     query_sums: &[Vec<f64>],
-    outer: usize,
-    len: usize,
+    (outer, len): (usize, usize),
     transposed: bool,
 ) -> bool {
     let constant = line.chunks_exact(len).all(|values| {
@@ -606,15 +611,19 @@ fn line_table(
         }
         return true;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            unsafe { avx2::correlate_lines(table, line, query, outer, len, transposed) };
-            return false;
-        }
+    match isa {
+        // SAFETY: as in `TorusJob::form_distances`, `isa` is a level the
+        // CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe {
+            simd::correlate_lines_avx512((table, line, query), outer, len, transposed)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe {
+            simd::correlate_lines_avx2((table, line, query), outer, len, transposed)
+        },
+        _ => correlate_lines::<Portable>(table, line, query, outer, len, transposed),
     }
-    correlate_lines::<Portable>(table, line, query, outer, len, transposed);
     false
 }
 
@@ -855,15 +864,19 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod simd {
     use super::*;
     use crate::machine::fast::avx2::Avx;
+    use crate::machine::fast::avx512::Avx512;
+
+    /// The line tables' arguments: table, line, query lines.
+    type Lines<'a> = (&'a mut [WideLanes], &'a [WideLanes], &'a [Vec<f64>]);
 
     /// # Safety
     ///
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn form_distances(
+    pub(super) unsafe fn form_distances_avx2(
         job: &TorusJob<'_>,
         scratch: &mut TorusScratch,
         centre: &Centre,
@@ -873,17 +886,40 @@ mod avx2 {
 
     /// # Safety
     ///
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn form_distances_avx512(
+        job: &TorusJob<'_>,
+        scratch: &mut TorusScratch,
+        centre: &Centre,
+    ) {
+        form_distances_with::<Avx512>(job, scratch, centre);
+    }
+
+    /// # Safety
+    ///
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn correlate_lines(
-        table: &mut [WideLanes],
-        line: &[WideLanes],
-        query: &[Vec<f64>],
+    pub(super) unsafe fn correlate_lines_avx2(
+        (table, line, query): Lines<'_>,
         outer: usize,
         len: usize,
         transposed: bool,
     ) {
-        super::correlate_lines::<Avx>(table, line, query, outer, len, transposed);
+        correlate_lines::<Avx>(table, line, query, outer, len, transposed);
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn correlate_lines_avx512(
+        (table, line, query): Lines<'_>,
+        outer: usize,
+        len: usize,
+        transposed: bool,
+    ) {
+        correlate_lines::<Avx512>(table, line, query, outer, len, transposed);
     }
 }
 
@@ -984,27 +1020,47 @@ mod tests {
         let (signal, beta) = (0.8, 2.5);
         let mut torus = TorusPlan::new(&plan).expect("a window no larger than the image");
         (torus.centres.fold_every, torus.centres.fold_centres) = fold;
-        let job = TorusJob {
-            plan: &plan,
-            torus: &torus,
-            signal,
-            beta,
+        let run = |isa: Isa| {
+            let job = TorusJob {
+                plan: &plan,
+                torus: &torus,
+                signal,
+                beta,
+                isa,
+            };
+            let mut scratch = job.scratch(query);
+            let mut posterior = PartialPosterior::new(shape, beta);
+            job.run(
+                images.chunks_exact(shape.len()),
+                &mut scratch,
+                &mut posterior,
+            );
+            let got = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
+            (got, posterior.min_distances().to_vec())
         };
-        let mut scratch = job.scratch(query);
-        let mut posterior = PartialPosterior::new(shape, beta);
-        job.run(
-            images.chunks_exact(shape.len()),
-            &mut scratch,
-            &mut posterior,
-        );
-        let got = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
-        let nearest = posterior.min_distances().to_vec();
+        let (got, nearest) = run(Isa::detected());
+        // Every instruction set: the vector ones to the bit, the portable
+        // one (without fused multiply-adds) to the rounding of `f32`.
+        for isa in Isa::available() {
+            let (other, _) = run(isa);
+            if isa > Isa::Portable && Isa::detected() > Isa::Portable {
+                assert_eq!(other, got, "{isa:?}");
+            } else {
+                for (a, b) in other.iter().zip(&got) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{isa:?}: {a} against {b}"
+                    );
+                }
+            }
+        }
         let spectral = SpectralPlan::new(&plan).unwrap();
         let job = SpectralJob {
             plan: &plan,
             spectral: &spectral,
             signal,
             beta,
+            isa: Isa::detected(),
         };
         let mut scratch = job.scratch(query);
         let mut posterior = PartialPosterior::new(shape, beta);
@@ -1111,6 +1167,7 @@ mod tests {
                 torus: &torus,
                 signal: 0.7,
                 beta: 1.0,
+                isa: Isa::detected(),
             };
             let mut scratch = job.scratch(&query);
             let mut posterior = PartialPosterior::new(shape, 1.0);
