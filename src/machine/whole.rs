@@ -6,6 +6,7 @@
 //! training image instead of one per image and pixel.
 
 use super::posterior::{PartialPosterior, relative_weight};
+use super::simd::Isa;
 use crate::image::Shape;
 use crate::real::Real;
 use crate::training::TrainingSet;
@@ -49,12 +50,14 @@ pub(crate) fn whole_image<T: Real>(
 /// Partial sums per lane, so that the sum vectorises.
 const ACCUMULATORS: usize = 8;
 
-/// `||q - a p||^2` in `f64`, with AVX2 and FMA when the CPU has them.
+/// `||q - a p||^2` in `f64`, with AVX2 and FMA when the CPU has them (and
+/// `SCORE_MACHINES_SIMD` allows them, see [`Isa`]).
 fn squared_distance<T: Real>(image: &[T], query: &[T], signal: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        if Isa::detected() >= Isa::Avx2 {
+            // SAFETY: `Isa::detected` gives AVX2 or more only where the CPU
+            // supports AVX2 and FMA.
             return unsafe { squared_distance_avx2(image, query, signal) };
         }
     }
@@ -93,12 +96,14 @@ fn squared_distance_portable<T: Real>(image: &[T], query: &[T], signal: f64) -> 
     partial.iter().sum::<f64>() + tail
 }
 
-/// `sums += weight * image`, with AVX2 and FMA when the CPU has them.
+/// `sums += weight * image`, with AVX2 and FMA when the CPU has them (and
+/// `SCORE_MACHINES_SIMD` allows them).
 fn add_weighted<T: Real>(sums: &mut [f64], image: &[T], weight: f64) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        if Isa::detected() >= Isa::Avx2 {
+            // SAFETY: `Isa::detected` gives AVX2 or more only where the CPU
+            // supports AVX2 and FMA.
             unsafe { add_weighted_avx2(sums, image, weight) };
             return;
         }
