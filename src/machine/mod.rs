@@ -59,7 +59,13 @@ const CHUNK: usize = 32;
 ///
 /// Evaluation streams over training images, keeps a running softmax
 /// ([`PartialPosterior`]) and never holds more than a few images' worth of
-/// distances; with the `parallel` feature it uses every core.
+/// distances; with the `parallel` feature it uses every core. Its vector
+/// kernels run on AVX-512 or on AVX2 and FMA where the CPU has them,
+/// chosen once per process; the environment variable `SCORE_MACHINES_SIMD`
+/// (`portable`, `avx2` or `avx512`) caps the choice, for instance to
+/// compare speeds. AVX2 and AVX-512 give the same bits; the portable code
+/// rounds without fused multiply-adds and agrees to the precision of
+/// `f32`.
 ///
 /// # Example
 ///
