@@ -469,16 +469,16 @@ impl DistinctJob<'_> {
             // supports it, and the levels a job is built with come from it
             // or from `Isa::available`.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { simd::run_avx512(self, blocks, posterior) },
+            Isa::Avx512 => unsafe { x86::run_avx512(self, blocks, posterior) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { simd::run_avx2(self, blocks, posterior) },
+            Isa::Avx2 => unsafe { x86::run_avx2(self, blocks, posterior) },
             _ => run_with::<Portable>(self, blocks, posterior),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+mod x86 {
     use super::super::fast::avx2::Avx;
     use super::super::fast::avx512::Avx512;
     use super::{DistinctJob, PartialPosterior, run_with};

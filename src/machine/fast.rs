@@ -792,7 +792,8 @@ fn query_support(
 /// image `width` columns wide): `distances[x]` holds the lanes' squared
 /// distances at position `x`, and `values[c]` the lanes' values in channel
 /// `c` at the centre. Lanes that are no candidate carry the distance
-/// [`NOT_A_CANDIDATE`].
+/// [`NOT_A_CANDIDATE`]. `isa` is the instruction set to run on, one the
+/// CPU supports.
 pub(crate) fn add_centre(
     isa: Isa,
     beta: f64,

@@ -531,9 +531,9 @@ impl TorusJob<'_> {
             // supports it, and the levels a job is built with come from it
             // or from `Isa::available`.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { simd::form_distances_avx512(self, scratch, centre) },
+            Isa::Avx512 => unsafe { x86::form_distances_avx512(self, scratch, centre) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { simd::form_distances_avx2(self, scratch, centre) },
+            Isa::Avx2 => unsafe { x86::form_distances_avx2(self, scratch, centre) },
             _ => form_distances_with::<Portable>(self, scratch, centre),
         }
     }
@@ -616,11 +616,11 @@ fn line_table(
         // CPU supports.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe {
-            simd::correlate_lines_avx512((table, line, query), outer, len, transposed)
+            x86::correlate_lines_avx512((table, line, query), outer, len, transposed)
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe {
-            simd::correlate_lines_avx2((table, line, query), outer, len, transposed)
+            x86::correlate_lines_avx2((table, line, query), outer, len, transposed)
         },
         _ => correlate_lines::<Portable>(table, line, query, outer, len, transposed),
     }
@@ -864,7 +864,7 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+mod x86 {
     use super::*;
     use crate::machine::fast::avx2::Avx;
     use crate::machine::fast::avx512::Avx512;

@@ -1,12 +1,12 @@
 //! The lanes with AVX-512: the eight `f32` lanes as in [`super::avx2`],
 //! the eight `f64` lanes in one 512-bit register instead of two 256-bit
 //! ones. Every operation is the AVX2 one lane by lane, so the results are
-//! bit-identical; half as many instructions carry the `f64` work (about
-//! 1.06x faster at k = 7 and 15 on an AMD Zen 4, which runs a 512-bit
-//! operation as two 256-bit halves). Every function here is compiled with
-//! AVX-512F, AVX2 and FMA enabled and is reached only through [`run`] or
-//! [`add_centre`], which their callers enter after checking that the CPU
-//! has all three.
+//! bit-identical; half as many instructions carry the `f64` work (1.06x to
+//! 1.10x faster at k = 7 and 15 on an AMD Zen 4, which runs a 512-bit
+//! operation as two 256-bit halves). Every function that uses these types
+//! is compiled with AVX-512F, AVX2 and FMA enabled ([`run`],
+//! [`add_centre`] and the entry points of the Fourier and distinct-window
+//! routes) and is entered only after checking that the CPU has all three.
 
 use std::arch::x86_64::*;
 
@@ -114,16 +114,16 @@ impl Vector for Avx512 {
         block: &ColumnBlock,
         scratch: &mut LaneScratch,
     ) {
-        // SAFETY: an `Avx512` value exists only inside `run` or
-        // `add_centre`, entered after the AVX-512F, AVX2 and FMA check.
+        // SAFETY: an `Avx512` value exists only inside functions compiled
+        // for AVX-512F, AVX2 and FMA, entered after checking for them.
         unsafe { cross_few_rows(job, rows, block, scratch) };
     }
 }
 
 // SAFETY (every block below): an `Avx512Wide` value exists only inside
-// `run` or `add_centre`, entered after the AVX-512F, AVX2 and FMA check,
-// and every pointer read or write covers exactly eight values inside the
-// borrowed array, or inside a slice first cut to eight values.
+// functions compiled for AVX-512F, AVX2 and FMA, entered after checking
+// for them, and every pointer read or write covers exactly eight values
+// inside the borrowed array, or inside a slice first cut to eight values.
 impl Wide for Avx512Wide {
     type Narrow = Avx512;
     #[inline(always)]
