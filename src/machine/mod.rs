@@ -62,10 +62,11 @@ const CHUNK: usize = 32;
 /// distances; with the `parallel` feature it uses every core. Its vector
 /// kernels run on AVX-512 or on AVX2 and FMA where the CPU has them,
 /// chosen once per process; the environment variable `SCORE_MACHINES_SIMD`
-/// (`portable`, `avx2` or `avx512`) caps the choice, for instance to
-/// compare speeds. AVX2 and AVX-512 give the same bits; the portable code
-/// rounds without fused multiply-adds and agrees to the precision of
-/// `f32`.
+/// (`portable`, `avx2` or `avx512`; other values are ignored) caps the
+/// choice, for instance to compare speeds, and
+/// [`Machine::instruction_set`] tells which one runs. AVX2 and AVX-512
+/// give the same bits; the portable code rounds without fused
+/// multiply-adds and agrees to the precision of `f32`.
 ///
 /// # Example
 ///
@@ -230,6 +231,26 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             distinct: distinct::DistinctCache::default(),
             isa: simd::Isa::detected(),
         })
+    }
+
+    /// The instruction set of the machine's vector kernels: `"avx512"`,
+    /// `"avx2"` or `"portable"`, the widest the CPU supports unless the
+    /// environment variable `SCORE_MACHINES_SIMD` names a lower one (read
+    /// once per process; unset, empty or unknown values leave the
+    /// widest). The Fourier transforms of large periodic windows are
+    /// `rustfft`'s, which chooses its own instructions.
+    ///
+    /// ```
+    /// use score_machines::prelude::*;
+    ///
+    /// let shape = Shape::new(1, 4, 4)?;
+    /// let training = TrainingSet::new(shape, vec![0.5_f32; 16], None)?;
+    /// let machine = Machine::local(training, LegacyCosine, SquarePatch::new(3)?)?;
+    /// assert!(["avx512", "avx2", "portable"].contains(&machine.instruction_set()));
+    /// # Ok::<(), score_machines::Error>(())
+    /// ```
+    pub fn instruction_set(&self) -> &'static str {
+        self.isa.name()
     }
 
     /// The training set.

@@ -62,6 +62,15 @@ impl Isa {
             .collect()
     }
 
+    /// The level's name, as `SCORE_MACHINES_SIMD` spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
     fn parse(name: &str) -> Option<Isa> {
         match name.trim().to_ascii_lowercase().as_str() {
             "portable" => Some(Isa::Portable),
@@ -97,6 +106,10 @@ mod tests {
         assert_eq!(Isa::parse(" portable "), Some(Isa::Portable));
         assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512));
         assert_eq!(Isa::parse("sse"), None);
+        assert_eq!(Isa::parse(""), None);
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
         let available = Isa::available();
         assert_eq!(available[0], Isa::Portable);
         assert!(available.contains(&Isa::detected()));

@@ -1,7 +1,7 @@
 //! The lanes with AVX-512: the eight `f32` lanes as in [`super::avx2`],
 //! the eight `f64` lanes in one 512-bit register instead of two 256-bit
 //! ones. Every operation is the AVX2 one lane by lane, so the results are
-//! bit-identical; half as many instructions carry the `f64` work (1.06x to
+//! bit-identical; half as many instructions carry the `f64` work (1.05x to
 //! 1.10x faster at k = 7 and 15 on an AMD Zen 4, which runs a 512-bit
 //! operation as two 256-bit halves). Every function that uses these types
 //! is compiled with AVX-512F, AVX2 and FMA enabled ([`run`],
