@@ -237,8 +237,9 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
     /// `"avx2"` or `"portable"`, the widest the CPU supports unless the
     /// environment variable `SCORE_MACHINES_SIMD` names a lower one (read
     /// once per process; unset, empty or unknown values leave the
-    /// widest). The Fourier transforms of large periodic windows are
-    /// `rustfft`'s, which chooses its own instructions.
+    /// widest). The ideal score's loops go no further than AVX2, and the
+    /// Fourier transforms of large periodic windows are `rustfft`'s,
+    /// which chooses its own instructions.
     ///
     /// ```
     /// use score_machines::prelude::*;
