@@ -248,6 +248,8 @@ pub(super) fn multiply(product: &mut [C64], spectrum: &[C64], query: &[C64], fir
 pub(super) struct Group {
     pub scaled: Vec<Vec<f64>>,
     pub images: Vec<Vec<f32>>,
+    /// The training row of each lane's image.
+    pub rows: [usize; LANES],
     /// Lanes that hold an image.
     pub filled: usize,
 }
@@ -257,6 +259,7 @@ impl Group {
         Group {
             scaled: vec![Vec::new(); LANES],
             images: vec![Vec::new(); LANES],
+            rows: [0; LANES],
             filled: 0,
         }
     }
@@ -284,11 +287,12 @@ pub(super) trait GroupScratch {
     }
 }
 
-/// Feeds `images` into groups of eight and hands each full group (and the
-/// last, partial one) to `flush`; folds the lanes into `posterior` after
-/// every `fold_every` groups and at the end.
+/// Feeds `images` (training rows and their values) into groups of eight
+/// and hands each full group (and the last, partial one) to `flush`; folds
+/// the lanes into `posterior` after every `fold_every` groups and at the
+/// end.
 pub(super) fn run_in_groups<'i, S: GroupScratch>(
-    images: impl Iterator<Item = &'i [f32]>,
+    images: impl Iterator<Item = (usize, &'i [f32])>,
     scratch: &mut S,
     posterior: &mut PartialPosterior,
     (signal, beta, fold_every): (f64, f64, usize),
@@ -299,8 +303,11 @@ pub(super) fn run_in_groups<'i, S: GroupScratch>(
     loop {
         let group = scratch.group();
         while group.filled < LANES {
-            let Some(image) = images.next() else { break };
+            let Some((row, image)) = images.next() else {
+                break;
+            };
             let lane = group.filled;
+            group.rows[lane] = row;
             group.scaled[lane].clear();
             group.scaled[lane].extend(image.iter().map(|&v| signal * v as f64));
             group.images[lane].clear();

@@ -9,6 +9,7 @@ mod mosaic;
 mod plan;
 mod posterior;
 mod simd;
+mod spectra;
 mod spectral;
 mod torus;
 mod whole;
@@ -94,6 +95,9 @@ pub struct Machine<T, S, L, E> {
     equivariance: E,
     /// Distinct small candidate windows, collected on first use.
     distinct: distinct::DistinctCache,
+    /// The Fourier transforms of the training images, computed on first
+    /// use by the whole-torus route.
+    spectra: spectra::SpectraCache,
     /// The instruction set of the kernels, [`simd::Isa::detected`].
     isa: simd::Isa,
 }
@@ -229,6 +233,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             locality,
             equivariance,
             distinct: distinct::DistinctCache::default(),
+            spectra: spectra::SpectraCache::default(),
             isa: simd::Isa::detected(),
         })
     }
@@ -647,9 +652,18 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         let shape = self.training.shape();
         let (signal, beta) = (kernel.signal, kernel.beta);
         let len = shape.len();
+        let spectra = match route {
+            spectral::Route::Torus(_) => {
+                self.spectra
+                    .get_or_compute(images, shape, self.training.len(), spectra::MAX_BYTES)
+            }
+            spectral::Route::PerCentre(_) => None,
+        };
         let chunk = |rows: &[usize]| {
             let mut posterior = PartialPosterior::new(shape, beta);
-            let images = rows.iter().map(|&row| &images[row * len..(row + 1) * len]);
+            let images = rows
+                .iter()
+                .map(|&row| (row, &images[row * len..(row + 1) * len]));
             match route {
                 spectral::Route::PerCentre(spectral) => {
                     let job = spectral::SpectralJob {
@@ -668,6 +682,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                         signal,
                         beta,
                         isa: self.isa,
+                        spectra: spectra.as_deref(),
                     };
                     job.run(images, &mut job.scratch(query), &mut posterior);
                 }

@@ -277,7 +277,7 @@ impl SpectralJob<'_> {
     /// Adds the candidates of every image in `images` to `posterior`.
     pub fn run<'i>(
         &self,
-        images: impl Iterator<Item = &'i [f32]>,
+        images: impl Iterator<Item = (usize, &'i [f32])>,
         scratch: &mut SpectralScratch,
         posterior: &mut PartialPosterior,
     ) {
@@ -509,7 +509,11 @@ pub(super) mod tests {
             };
             let mut scratch = job.scratch(&query);
             let mut posterior = PartialPosterior::new(shape, 3.0);
-            job.run(images.chunks_exact(64), &mut scratch, &mut posterior);
+            job.run(
+                images.chunks_exact(64).enumerate(),
+                &mut scratch,
+                &mut posterior,
+            );
             posterior.to_image::<f64>().unwrap()
         };
         let once = evaluate(100, None);

@@ -52,6 +52,7 @@ use super::fourier::{
 use super::plan::Plan;
 use super::posterior::PartialPosterior;
 use super::simd::Isa;
+use super::spectra::{TrainingSpectra, correlate_pair, split};
 use crate::equivariance::Boundary;
 
 /// What the whole-torus route needs of a [`Plan`].
@@ -214,12 +215,17 @@ pub(crate) struct TorusJob<'a> {
     pub beta: f64,
     /// The instruction set the kernels run on (see [`Isa`]).
     pub isa: Isa,
+    /// The transforms of the training images, if the machine keeps them
+    /// (see [`super::spectra`]); else each group transforms its images.
+    pub spectra: Option<&'a TrainingSpectra>,
 }
 
 /// Buffers of one worker.
 pub(crate) struct TorusScratch {
     /// Per channel, the transform of the query (transposed: `W x H`).
     query_spectra: Vec<Vec<C64>>,
+    /// The same, as real and imaginary parts.
+    query_split: Vec<(Vec<f64>, Vec<f64>)>,
     /// Per channel, the query's rows continued periodically (`H` lines of
     /// [`line_stride`]`(W)`), and its columns likewise.
     query_rows: Vec<Vec<f64>>,
@@ -311,6 +317,7 @@ impl TorusJob<'_> {
         let (rows, cols) = (torus.line_rows.len(), torus.line_cols.len());
         let table = 2 * plane_len;
         TorusScratch {
+            query_split: query_spectra.iter().map(|s| split(s)).collect(),
             query_spectra,
             query_rows,
             query_cols,
@@ -342,7 +349,7 @@ impl TorusJob<'_> {
     /// Adds the candidates of every image in `images` to `posterior`.
     pub fn run<'i>(
         &self,
-        images: impl Iterator<Item = &'i [f32]>,
+        images: impl Iterator<Item = (usize, &'i [f32])>,
         scratch: &mut TorusScratch,
         posterior: &mut PartialPosterior,
     ) {
@@ -382,6 +389,7 @@ impl TorusJob<'_> {
         let torus = self.torus;
         let TorusScratch {
             query_spectra,
+            query_split,
             group,
             plane,
             transposed,
@@ -393,38 +401,80 @@ impl TorusJob<'_> {
         } = scratch;
         let scaled = &group.scaled;
         let second = lanes[1] < group.filled;
-        let mut norms = [0.0; 2];
-        for (channel, query) in query_spectra.iter().enumerate() {
-            let first = &scaled[lanes[0]][channel * plane_len..][..plane_len];
-            // Without a second image the first fills the imaginary part
-            // too: the real part of the result does not depend on it.
-            let other = if second {
-                &scaled[lanes[1]][channel * plane_len..][..plane_len]
-            } else {
-                first
-            };
-            // The image turned around, `K(m) = a p(-m)`, so that the
-            // convolution with the query is `sum_z q(z) a p(z - v)`.
-            for r in 0..height {
-                let target = &mut plane[((height - r) % height) * width..][..width];
-                let (first, other) = (&first[r * width..][..width], &other[r * width..][..width]);
-                // Column 0 stays, column `c` goes to `W - c`.
-                let (head, tail) = target.split_at_mut(1);
-                let pixels = first.iter().zip(other);
-                for (t, (&re, &im)) in head.iter_mut().chain(tail.iter_mut().rev()).zip(pixels) {
-                    norms[0] += re * re;
-                    norms[1] += im * im;
-                    *t = C64::new(re, im);
+        let transforms = torus.transforms();
+        // The transforms' factor `H W`, and the signal scale where the
+        // kept transforms are those of the images as they are.
+        let scale = match self.spectra {
+            Some(spectra) => {
+                let rows = [group.rows[lanes[0]], group.rows[lanes[1]]];
+                for (channel, (re, im)) in query_split.iter().enumerate() {
+                    let first = spectra.channel(rows[0], channel);
+                    let other = if second {
+                        spectra.channel(rows[1], channel)
+                    } else {
+                        first
+                    };
+                    let pair = (first, other);
+                    let query = (&re[..], &im[..]);
+                    let first_channel = channel == 0;
+                    correlate_pair(
+                        self.isa,
+                        product,
+                        pair,
+                        query,
+                        (height, width),
+                        first_channel,
+                    );
                 }
+                // `|a p|^2 = a^2 sum p^2`.
+                let squared = self.signal * self.signal;
+                full_norms[lanes[0]] = squared * spectra.norm(rows[0]);
+                if second {
+                    full_norms[lanes[1]] = squared * spectra.norm(rows[1]);
+                }
+                self.signal / plane_len as f64
             }
-            let transforms = torus.transforms();
-            transforms.forward_whole(plane, transposed, fft_scratch);
-            multiply(product, transposed, query, channel == 0);
-        }
-        torus.transforms().inverse(product, plane, fft_scratch);
+            None => {
+                for (channel, query) in query_spectra.iter().enumerate() {
+                    let first = &scaled[lanes[0]][channel * plane_len..][..plane_len];
+                    // Without a second image the first fills the imaginary
+                    // part too: the real part of the result does not depend
+                    // on it.
+                    let other = if second {
+                        &scaled[lanes[1]][channel * plane_len..][..plane_len]
+                    } else {
+                        first
+                    };
+                    // The image turned around, `K(m) = a p(-m)`, so that the
+                    // convolution with the query is `sum_z q(z) a p(z - v)`.
+                    for r in 0..height {
+                        let target = &mut plane[((height - r) % height) * width..][..width];
+                        let (first, other) =
+                            (&first[r * width..][..width], &other[r * width..][..width]);
+                        // Column 0 stays, column `c` goes to `W - c`.
+                        let (head, tail) = target.split_at_mut(1);
+                        let pixels = first.iter().zip(other);
+                        for (t, (&re, &im)) in
+                            head.iter_mut().chain(tail.iter_mut().rev()).zip(pixels)
+                        {
+                            *t = C64::new(re, im);
+                        }
+                    }
+                    transforms.forward_whole(plane, transposed, fft_scratch);
+                    multiply(product, transposed, query, channel == 0);
+                }
+                // `|a p|^2`, over every channel.
+                let squares = |lane: usize| scaled[lane].iter().map(|v| v * v).sum();
+                full_norms[lanes[0]] = squares(lanes[0]);
+                if second {
+                    full_norms[lanes[1]] = squares(lanes[1]);
+                }
+                1.0 / plane_len as f64
+            }
+        };
+        transforms.inverse(product, plane, fft_scratch);
         // The convolution at `v`, `sum_m q(v - m) K(m) = sum_z q(z) a p(z - v)`,
         // is `G(v)` (with `z` renamed) times the transforms' factor `H W`.
-        let scale = 1.0 / plane_len as f64;
         for (r, row) in plane.chunks_exact(width).enumerate() {
             let out = &mut whole[r * 2 * width..][..2 * width];
             for (c, value) in row.iter().enumerate() {
@@ -435,10 +485,6 @@ impl TorusJob<'_> {
                     out[c + width][lanes[1]] = scale * value.im;
                 }
             }
-        }
-        full_norms[lanes[0]] = norms[0];
-        if second {
-            full_norms[lanes[1]] = norms[1];
         }
     }
 
@@ -1020,29 +1066,47 @@ mod tests {
         let (signal, beta) = (0.8, 2.5);
         let mut torus = TorusPlan::new(&plan).expect("a window no larger than the image");
         (torus.centres.fold_every, torus.centres.fold_centres) = fold;
-        let run = |isa: Isa| {
+        let count = images.len() / shape.len();
+        let kept = TrainingSpectra::of(images, shape, count);
+        let run = |isa: Isa, spectra: Option<&TrainingSpectra>| {
             let job = TorusJob {
                 plan: &plan,
                 torus: &torus,
                 signal,
                 beta,
                 isa,
+                spectra,
             };
             let mut scratch = job.scratch(query);
             let mut posterior = PartialPosterior::new(shape, beta);
             job.run(
-                images.chunks_exact(shape.len()),
+                images.chunks_exact(shape.len()).enumerate(),
                 &mut scratch,
                 &mut posterior,
             );
             let got = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
             (got, posterior.min_distances().to_vec())
         };
-        let (got, nearest) = run(Isa::detected());
+        let (got, nearest) = run(Isa::detected(), None);
+        // The kept transforms of the training images give the same
+        // correlations to rounding; the nearest distances agree as closely.
+        let (with_kept, nearest_kept) = run(Isa::detected(), Some(&kept));
+        for (a, b) in with_kept.iter().zip(&got) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "kept: {a} against {b}"
+            );
+        }
+        for (a, b) in nearest_kept.iter().zip(&nearest) {
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                "kept nearest: {a} against {b}"
+            );
+        }
         // Every instruction set: the vector ones to the bit, the portable
         // one (without fused multiply-adds) to the rounding of `f32`.
         for isa in Isa::available() {
-            let (other, _) = run(isa);
+            let (other, _) = run(isa, None);
             if isa > Isa::Portable && Isa::detected() > Isa::Portable {
                 assert_eq!(other, got, "{isa:?}");
             } else {
@@ -1065,7 +1129,7 @@ mod tests {
         let mut scratch = job.scratch(query);
         let mut posterior = PartialPosterior::new(shape, beta);
         job.run(
-            images.chunks_exact(shape.len()),
+            images.chunks_exact(shape.len()).enumerate(),
             &mut scratch,
             &mut posterior,
         );
@@ -1168,10 +1232,15 @@ mod tests {
                 signal: 0.7,
                 beta: 1.0,
                 isa: Isa::detected(),
+                spectra: None,
             };
             let mut scratch = job.scratch(&query);
             let mut posterior = PartialPosterior::new(shape, 1.0);
-            job.run(images.chunks_exact(100), &mut scratch, &mut posterior);
+            job.run(
+                images.chunks_exact(100).enumerate(),
+                &mut scratch,
+                &mut posterior,
+            );
             assert_eq!(scratch.constant_rows, vec![constant; 2]);
             assert_eq!(scratch.constant_cols, vec![constant; 2]);
             let (got, want, _) = both_routes(
