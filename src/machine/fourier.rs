@@ -244,7 +244,8 @@ pub(super) fn multiply(product: &mut [C64], spectrum: &[C64], query: &[C64], fir
 }
 
 /// Up to eight training images, one per lane: times the signal scale in
-/// `f64` for the transforms, and as they are for the centre values.
+/// `f64` for the transforms (empty where [`run_in_groups`] is told that
+/// nothing reads them), and as they are for the centre values.
 pub(super) struct Group {
     pub scaled: Vec<Vec<f64>>,
     pub images: Vec<Vec<f32>>,
@@ -287,15 +288,15 @@ pub(super) trait GroupScratch {
     }
 }
 
-/// Feeds `images` (training rows and their values) into groups of eight
-/// and hands each full group (and the last, partial one) to `flush`; folds
-/// the lanes into `posterior` after every `fold_every` groups and at the
-/// end.
+/// Feeds `images` (training rows and their values) into groups of eight,
+/// with their values times `signal` in [`Group::scaled`] if `scaled`, and
+/// hands each full group (and the last, partial one) to `flush`; folds the
+/// lanes into `posterior` after every `fold_every` groups and at the end.
 pub(super) fn run_in_groups<'i, S: GroupScratch>(
     images: impl Iterator<Item = (usize, &'i [f32])>,
     scratch: &mut S,
     posterior: &mut PartialPosterior,
-    (signal, beta, fold_every): (f64, f64, usize),
+    (signal, beta, fold_every, scaled): (f64, f64, usize, bool),
     mut flush: impl FnMut(&mut S, &mut PartialPosterior),
 ) {
     let mut images = images.fuse();
@@ -309,7 +310,9 @@ pub(super) fn run_in_groups<'i, S: GroupScratch>(
             let lane = group.filled;
             group.rows[lane] = row;
             group.scaled[lane].clear();
-            group.scaled[lane].extend(image.iter().map(|&v| signal * v as f64));
+            if scaled {
+                group.scaled[lane].extend(image.iter().map(|&v| signal * v as f64));
+            }
             group.images[lane].clear();
             group.images[lane].extend_from_slice(image);
             group.filled += 1;

@@ -1118,6 +1118,53 @@ mod tests {
         );
     }
 
+    /// Windows one line short of the image take the whole-torus route; with
+    /// the training images' transforms kept by the machine they give what
+    /// transforming each image per evaluation gives, with and without a
+    /// class (whose images are not consecutive), for one and three
+    /// channels.
+    #[test]
+    fn kept_transforms_change_nothing() {
+        for channels in [1, 3] {
+            let shape = Shape::new(channels, 10, 9).unwrap();
+            let (narrow_set, wide_set) = sparse_values(21, shape);
+            let (_, _, query, wide_query) = same_values(1, shape);
+            let patch = crate::locality::Patch::offsets(4, 4, 4, 3);
+            let kept = Machine::new(
+                narrow_set.clone(),
+                LegacyCosine,
+                patch.clone(),
+                PeriodicInterior,
+            )
+            .unwrap();
+            let mut per_evaluation = kept.clone();
+            per_evaluation.spectra = spectra::SpectraCache::refusing();
+            let wide = Machine::new(wide_set, LegacyCosine, patch, PeriodicInterior).unwrap();
+            for (t, class) in [(0.3, None), (0.6, Some(1)), (0.05, Some(2))] {
+                let a = kept.x0_hat(&query, t, class).unwrap();
+                let b = per_evaluation.x0_hat(&query, t, class).unwrap();
+                let reference = wide.x0_hat(&wide_query, t, class).unwrap();
+                for ((a, b), r) in a
+                    .as_slice()
+                    .iter()
+                    .zip(b.as_slice())
+                    .zip(reference.as_slice())
+                {
+                    assert!(
+                        (a - b).abs() <= 1e-6,
+                        "{channels} channels, {class:?}: {a} against {b}"
+                    );
+                    assert!(
+                        (*a as f64 - r).abs() <= 2e-5,
+                        "{a} against the f64 kernel's {r}"
+                    );
+                }
+            }
+            assert!(kept.spectra.is_kept());
+            assert!(!per_evaluation.spectra.is_kept());
+        }
+    }
+
     /// Repeated small windows, compared once and weighted by their count,
     /// give what the `f64` kernel gives comparing every candidate, with
     /// and without a class, for one and three channels.

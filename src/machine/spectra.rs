@@ -23,9 +23,9 @@ use super::fourier::{C64, Transforms};
 use super::simd::Isa;
 use crate::image::Shape;
 
-/// The most the kept transforms of one machine may take: 64 MiB, 9,986
-/// images of 28x28 pixels, as much as the distinct windows may take.
-pub(crate) const MAX_BYTES: usize = 64 << 20;
+/// The most the kept transforms of one machine may take: 128 MiB, 19,972
+/// images of 28x28 pixels.
+pub(crate) const MAX_BYTES: usize = 128 << 20;
 
 /// The transforms of every training image, the columns `k_c <= W / 2`.
 pub(crate) struct TrainingSpectra {
@@ -273,6 +273,22 @@ impl std::fmt::Debug for SpectraCache {
 }
 
 impl SpectraCache {
+    /// A cache that never keeps the transforms.
+    #[cfg(test)]
+    pub fn refusing() -> Self {
+        let slot = OnceLock::new();
+        let _ = slot.set(None);
+        SpectraCache {
+            slot: Arc::new(slot),
+        }
+    }
+
+    /// Whether the transforms are kept.
+    #[cfg(test)]
+    pub fn is_kept(&self) -> bool {
+        matches!(self.slot.get(), Some(Some(_)))
+    }
+
     /// The transforms of the `count` images in `images`, computed on the
     /// first call, or `None` if they would pass `max_bytes`.
     pub fn get_or_compute(

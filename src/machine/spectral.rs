@@ -281,7 +281,12 @@ impl SpectralJob<'_> {
         scratch: &mut SpectralScratch,
         posterior: &mut PartialPosterior,
     ) {
-        let settings = (self.signal, self.beta, self.spectral.centres.fold_every);
+        let settings = (
+            self.signal,
+            self.beta,
+            self.spectral.centres.fold_every,
+            true,
+        );
         run_in_groups(
             images,
             scratch,

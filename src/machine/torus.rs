@@ -353,7 +353,14 @@ impl TorusJob<'_> {
         scratch: &mut TorusScratch,
         posterior: &mut PartialPosterior,
     ) {
-        let settings = (self.signal, self.beta, self.torus.centres.fold_every);
+        // The kept transforms need no scaled copy of the images.
+        let scaled = self.spectra.is_none();
+        let settings = (
+            self.signal,
+            self.beta,
+            self.torus.centres.fold_every,
+            scaled,
+        );
         run_in_groups(
             images,
             scratch,
@@ -513,11 +520,14 @@ impl TorusJob<'_> {
             crossings,
             ..
         } = scratch;
-        let (scaled, filled) = (&group.scaled, group.filled);
+        let filled = group.filled;
+        // `a p`, as `Group::scaled` holds it (which the kept transforms
+        // leave unfilled).
+        let lanes = (&group.images[..], self.signal, filled);
         // Rows: `Row_e(r, v) = sum_c sum_j q(c, r, j + v) a p(c, e, j)`,
         // stored at `r * 2W + v` and `r * 2W + v + W`.
         for (slot, &e) in torus.line_rows.iter().enumerate() {
-            gather(line, scaled, filled, channels, width, |c, j| {
+            gather(line, lanes, channels, width, |c, j| {
                 c * plane_len + e * width + j
             });
             row_norms[slot] = squared_norms(&line[..channels * width]);
@@ -535,7 +545,7 @@ impl TorusJob<'_> {
         // Columns: `Col_f(v, s) = sum_c sum_i q(c, i + v, s) a p(c, i, f)`,
         // stored at `v * 2W + s` and `v * 2W + s + W`.
         for (slot, &f) in torus.line_cols.iter().enumerate() {
-            gather(line, scaled, filled, channels, height, |c, i| {
+            gather(line, lanes, channels, height, |c, i| {
                 c * plane_len + i * width + f
             });
             col_norms[slot] = squared_norms(&line[..channels * height]);
@@ -557,7 +567,7 @@ impl TorusJob<'_> {
                 for c in 0..channels {
                     let mut value = [0.0; LANES];
                     for (lane, v) in value[..filled].iter_mut().enumerate() {
-                        *v = scaled[lane][c * plane_len + e * width + f];
+                        *v = self.signal * group.images[lane][c * plane_len + e * width + f] as f64;
                     }
                     for (n, v) in norm.iter_mut().zip(&value) {
                         *n += v * v;
@@ -585,13 +595,12 @@ impl TorusJob<'_> {
     }
 }
 
-/// Copies into `line` the scaled values of one training line of every
-/// lane, channel by channel (`len` values each, at `at(channel, i)` in the
-/// image); lanes past `filled` are zero.
+/// Copies into `line` the scaled values `a p` of one training line of
+/// every lane, channel by channel (`len` values each, at `at(channel, i)`
+/// in the image); lanes past `filled` are zero.
 fn gather(
     line: &mut [WideLanes],
-    scaled: &[Vec<f64>],
-    filled: usize,
+    (images, signal, filled): (&[Vec<f32>], f64, usize),
     channels: usize,
     len: usize,
     at: impl Fn(usize, usize) -> usize,
@@ -601,7 +610,7 @@ fn gather(
             let lanes = &mut line[c * len + i];
             for (lane, v) in lanes.iter_mut().enumerate() {
                 *v = if lane < filled {
-                    scaled[lane][at(c, i)]
+                    signal * images[lane][at(c, i)] as f64
                 } else {
                     0.0
                 };
