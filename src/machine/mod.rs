@@ -69,6 +69,15 @@ const CHUNK: usize = 32;
 /// give the same bits; the portable code rounds without fused
 /// multiply-adds and agrees to the precision of `f32`.
 ///
+/// Two things are computed on the first evaluation that needs them and
+/// kept by the machine (and shared by its clones): the distinct small
+/// windows of an `f32` training set, where they repeat often enough (at
+/// most 64 MB), and, for `f32` ELS machines whose windows are a few lines
+/// short of the image (sides 25 and 27 on 28x28 digits), the Fourier
+/// transforms of the training images, `C H (W / 2 + 1)` complex `f64`
+/// values per image (6.7 MB per 1,000 MNIST digits, not kept past
+/// 128 MiB). Both make that first evaluation slower than the next ones.
+///
 /// # Example
 ///
 /// ```
