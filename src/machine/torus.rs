@@ -240,6 +240,9 @@ pub(crate) struct TorusScratch {
     transposed: Vec<C64>,
     product: Vec<C64>,
     fft_scratch: Vec<C64>,
+    /// The inverse transforms of the group's pairs of images, one plane
+    /// per pair.
+    results: Vec<C64>,
     /// `G(v)` of every lane, rows written twice over (`H x 2W`).
     whole: Vec<WideLanes>,
     /// `Row_e` per left-out row `e` and `Col_f` per left-out column `f`,
@@ -329,6 +332,7 @@ impl TorusJob<'_> {
             transposed: vec![C64::default(); plane_len],
             product: vec![C64::default(); plane_len],
             fft_scratch,
+            results: vec![C64::default(); LANES / 2 * plane_len],
             whole: vec![[0.0; LANES]; table],
             row_tables: vec![[0.0; LANES]; rows * table],
             col_tables: vec![[0.0; LANES]; cols * table],
@@ -377,6 +381,7 @@ impl TorusJob<'_> {
         for pair in 0..scratch.group.filled.div_ceil(2) {
             self.whole_correlation(scratch, [2 * pair, 2 * pair + 1]);
         }
+        self.spread(scratch);
         self.line_tables(scratch);
         torus.centres.add_each(
             (shape, self.beta, self.isa),
@@ -386,9 +391,10 @@ impl TorusJob<'_> {
         );
     }
 
-    /// Writes `G(v)` of lanes `lanes` (the second may be past the group's
-    /// images) into `scratch.whole`, and their squared norms into
-    /// `scratch.full_norms`.
+    /// Writes `H W G(v)` of lanes `lanes` (the second may be past the
+    /// group's images), or `H W G(v) / a` with kept transforms, into the
+    /// real and imaginary parts of `scratch.results` for the pair, and
+    /// their squared norms into `scratch.full_norms`.
     fn whole_correlation(&self, scratch: &mut TorusScratch, lanes: [usize; 2]) {
         let shape = self.plan.shape;
         let (height, width) = (shape.height, shape.width);
@@ -402,16 +408,14 @@ impl TorusJob<'_> {
             transposed,
             product,
             fft_scratch,
-            whole,
+            results,
             full_norms,
             ..
         } = scratch;
         let scaled = &group.scaled;
         let second = lanes[1] < group.filled;
         let transforms = torus.transforms();
-        // The transforms' factor `H W`, and the signal scale where the
-        // kept transforms are those of the images as they are.
-        let scale = match self.spectra {
+        match self.spectra {
             Some(spectra) => {
                 let rows = [group.rows[lanes[0]], group.rows[lanes[1]]];
                 for (channel, (re, im)) in query_split.iter().enumerate() {
@@ -439,7 +443,6 @@ impl TorusJob<'_> {
                 if second {
                     full_norms[lanes[1]] = squared * spectra.norm(rows[1]);
                 }
-                self.signal / plane_len as f64
             }
             None => {
                 for (channel, query) in query_spectra.iter().enumerate() {
@@ -476,21 +479,44 @@ impl TorusJob<'_> {
                 if second {
                     full_norms[lanes[1]] = squares(lanes[1]);
                 }
-                1.0 / plane_len as f64
             }
+        }
+        let pair = lanes[0] / 2;
+        transforms.inverse(
+            product,
+            &mut results[pair * plane_len..][..plane_len],
+            fft_scratch,
+        );
+    }
+
+    /// Spreads the correlations of every pair over the lanes of
+    /// `scratch.whole`: the convolution at `v`,
+    /// `sum_m q(v - m) K(m) = sum_z q(z) a p(z - v)`, is `G(v)` (with `z`
+    /// renamed) times the transforms' factor `H W` (and `1 / a` with kept
+    /// transforms). Lanes past the group's images get values from earlier
+    /// groups or from a missing second image, finite either way; their
+    /// distances are replaced by `NOT_A_CANDIDATE`.
+    fn spread(&self, scratch: &mut TorusScratch) {
+        let shape = self.plan.shape;
+        let width = shape.width;
+        let plane_len = shape.height * width;
+        let scale = match self.spectra {
+            Some(_) => self.signal / plane_len as f64,
+            None => 1.0 / plane_len as f64,
         };
-        transforms.inverse(product, plane, fft_scratch);
-        // The convolution at `v`, `sum_m q(v - m) K(m) = sum_z q(z) a p(z - v)`,
-        // is `G(v)` (with `z` renamed) times the transforms' factor `H W`.
-        for (r, row) in plane.chunks_exact(width).enumerate() {
-            let out = &mut whole[r * 2 * width..][..2 * width];
-            for (c, value) in row.iter().enumerate() {
-                out[c][lanes[0]] = scale * value.re;
-                out[c + width][lanes[0]] = scale * value.re;
-                if second {
-                    out[c][lanes[1]] = scale * value.im;
-                    out[c + width][lanes[1]] = scale * value.im;
+        let TorusScratch { results, whole, .. } = scratch;
+        for (r, out) in whole.chunks_exact_mut(2 * width).enumerate() {
+            let (left, right) = out.split_at_mut(width);
+            for (c, (left, right)) in left.iter_mut().zip(right).enumerate() {
+                let at = r * width + c;
+                let mut lanes = [0.0; LANES];
+                for (pair, lanes) in lanes.chunks_exact_mut(2).enumerate() {
+                    let value = results[pair * plane_len + at];
+                    lanes[0] = scale * value.re;
+                    lanes[1] = scale * value.im;
                 }
+                *left = lanes;
+                *right = lanes;
             }
         }
     }
