@@ -1174,6 +1174,49 @@ mod tests {
         }
     }
 
+    /// Clones of one machine evaluated at once on the workers of a rayon
+    /// pool, while the first of them computes the kept transforms on the
+    /// same workers: a worker waiting for a block of that computation may
+    /// pick up another evaluation, which must not wait for the
+    /// computation it is part of. Fails (instead of hanging) if the
+    /// evaluations do not finish within a minute.
+    #[cfg(feature = "parallel")]
+    #[test]
+    fn clones_evaluated_on_the_same_pool_while_transforms_are_kept() {
+        use rayon::prelude::*;
+        let shape = Shape::new(1, 10, 9).unwrap();
+        let (set, _) = sparse_values(3000, shape);
+        let (_, _, query, _) = same_values(1, shape);
+        let patch = crate::locality::Patch::offsets(4, 4, 4, 3);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(32)
+                .build()
+                .unwrap();
+            for _ in 0..10 {
+                let machine =
+                    Machine::new(set.clone(), LegacyCosine, patch.clone(), PeriodicInterior)
+                        .unwrap();
+                let first: Vec<f32> = pool.install(|| {
+                    (0..64)
+                        .into_par_iter()
+                        .map(|i| {
+                            let t = 0.3 + 0.001 * (i % 4) as f64;
+                            machine.clone().x0_hat(&query, t, None).unwrap().as_slice()[0]
+                        })
+                        .collect()
+                });
+                assert!(first.iter().all(|v| v.is_finite()));
+                assert!(machine.spectra.is_kept());
+            }
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("evaluations on one pool finished");
+    }
+
     /// Repeated small windows, compared once and weighted by their count,
     /// give what the `f64` kernel gives comparing every candidate, with
     /// and without a class, for one and three channels.

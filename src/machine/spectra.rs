@@ -291,6 +291,13 @@ impl SpectraCache {
 
     /// The transforms of the `count` images in `images`, computed on the
     /// first call, or `None` if they would pass `max_bytes`.
+    ///
+    /// They are computed without holding the slot: the computation runs
+    /// on the rayon workers, and a worker waiting for part of it may take
+    /// up another evaluation of the same machine, which would wait forever
+    /// for a slot held by itself. Evaluations that start together may
+    /// therefore each compute the transforms; the first to finish keeps
+    /// them, and the others drop theirs.
     pub fn get_or_compute(
         &self,
         images: &[f32],
@@ -298,12 +305,14 @@ impl SpectraCache {
         count: usize,
         max_bytes: usize,
     ) -> Option<Arc<TrainingSpectra>> {
-        self.slot
-            .get_or_init(|| {
-                (TrainingSpectra::bytes(shape, count) <= max_bytes)
-                    .then(|| Arc::new(TrainingSpectra::of(images, shape, count)))
-            })
-            .clone()
+        if let Some(kept) = self.slot.get() {
+            return kept.clone();
+        }
+        let computed = (TrainingSpectra::bytes(shape, count) <= max_bytes)
+            .then(|| Arc::new(TrainingSpectra::of(images, shape, count)));
+        // Another evaluation may have kept its own in the meantime.
+        let _ = self.slot.set(computed);
+        self.slot.get().cloned().flatten()
     }
 }
 
