@@ -72,10 +72,11 @@ const CHUNK: usize = 32;
 /// Two things are computed on the first evaluation that needs them and
 /// kept by the machine (and shared by its clones): the distinct small
 /// windows of an `f32` training set, where they repeat often enough (at
-/// most 64 MB), and, for `f32` ELS machines whose windows are a few lines
-/// short of the image (sides 25 and 27 on 28x28 digits), the Fourier
+/// most 64 MiB), and, for `f32` machines that take their cross terms
+/// from Fourier transforms of whole images (ELS with windows a few lines
+/// short of the image: sides 25 and 27 on 28x28 digits), the Fourier
 /// transforms of the training images, `C H (W / 2 + 1)` complex `f64`
-/// values per image (6.7 MB per 1,000 MNIST digits, not kept past
+/// values per image (6,720 bytes per 28x28 digit; not kept past
 /// 128 MiB). Both make that first evaluation slower than the next ones.
 ///
 /// # Example
