@@ -224,7 +224,8 @@ pub(crate) struct TorusJob<'a> {
 pub(crate) struct TorusScratch {
     /// Per channel, the transform of the query (transposed: `W x H`).
     query_spectra: Vec<Vec<C64>>,
-    /// The same, as real and imaginary parts.
+    /// The same, as real and imaginary parts, for the kept transforms
+    /// (empty without them).
     query_split: Vec<(Vec<f64>, Vec<f64>)>,
     /// Per channel, the query's rows continued periodically (`H` lines of
     /// [`line_stride`]`(W)`), and its columns likewise.
@@ -320,7 +321,10 @@ impl TorusJob<'_> {
         let (rows, cols) = (torus.line_rows.len(), torus.line_cols.len());
         let table = 2 * plane_len;
         TorusScratch {
-            query_split: query_spectra.iter().map(|s| split(s)).collect(),
+            query_split: match self.spectra {
+                Some(_) => query_spectra.iter().map(|s| split(s)).collect(),
+                None => Vec::new(),
+            },
             query_spectra,
             query_rows,
             query_cols,
