@@ -103,6 +103,7 @@ impl Centres {
         mut form: impl FnMut(&mut S, &Centre),
     ) {
         let mut values = vec![[0.0f32; LANES]; shape.channels];
+        let mut pending = vec![0u32; shape.positions()];
         for (done, centre) in self.list.iter().enumerate() {
             if let Some(every) = self.fold_centres
                 && done > 0
@@ -124,6 +125,7 @@ impl Centres {
                 ),
                 &values,
                 state,
+                &mut pending,
             );
         }
     }

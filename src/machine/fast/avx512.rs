@@ -47,9 +47,9 @@ pub(crate) unsafe fn add_centre(
     distances: &[WideLanes],
     outputs: (&[usize], &[usize], usize),
     values: &[Lanes],
-    state: &mut LaneState,
+    lanes: (&mut LaneState, &mut [u32]),
 ) {
-    add_centre_with::<Avx512>(beta, distances, outputs, values, state);
+    add_centre_with::<Avx512>(beta, distances, outputs, values, lanes);
 }
 
 /// [`super::cross_few_rows`] with AVX-512 lanes, compiled out of line as
