@@ -830,7 +830,6 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
         }
     }
     let window_norm = V::Wide::load(&window_norm);
-    let two = V::Wide::splat(2.0);
     // Lanes without an image are no candidate anywhere.
     let mut absent = [0.0; LANES];
     absent[filled..].fill(NOT_A_CANDIDATE);
@@ -873,23 +872,34 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
             };
             let out = &mut distances[x_r * width..][..width];
             let norms = &query_norms[x_r * width..][..width];
-            for x_c in 0..width {
-                let mut c = V::Wide::load(&whole[x_c])
-                    .sub(row_value)
-                    .sub(V::Wide::load(&row_table[x_c]))
-                    .sub(V::Wide::load(&col_table[x_c]));
-                if let Some(crossing) = crossing {
-                    for (channel, value) in crossing.iter().enumerate() {
-                        let q = query_rows[channel][row * stride + s + x_c];
-                        c = V::Wide::splat(q).mul_add(V::Wide::load(value), c);
+            match crossing {
+                // One channel (the common case), with its query row cut
+                // once per row.
+                Some([value]) => {
+                    let q = &query_rows[0][row * stride + s..][..width];
+                    let value = V::Wide::load(value);
+                    for x_c in 0..width {
+                        let c = V::Wide::load(&whole[x_c])
+                            .sub(row_value)
+                            .sub(V::Wide::load(&row_table[x_c]))
+                            .sub(V::Wide::load(&col_table[x_c]));
+                        let c = V::Wide::splat(q[x_c]).mul_add(value, c);
+                        distance::<V>(norms[x_c], window_norm, c, absent).store(&mut out[x_c]);
                     }
                 }
-                // d = Q + A - 2 C, lanes without an image far above any.
-                V::Wide::splat(norms[x_c])
-                    .add(window_norm)
-                    .sub(c.mul(two))
-                    .max(absent)
-                    .store(&mut out[x_c]);
+                _ => {
+                    for x_c in 0..width {
+                        let mut c = V::Wide::load(&whole[x_c])
+                            .sub(row_value)
+                            .sub(V::Wide::load(&row_table[x_c]))
+                            .sub(V::Wide::load(&col_table[x_c]));
+                        for (channel, value) in crossing.unwrap_or_default().iter().enumerate() {
+                            let q = query_rows[channel][row * stride + s + x_c];
+                            c = V::Wide::splat(q).mul_add(V::Wide::load(value), c);
+                        }
+                        distance::<V>(norms[x_c], window_norm, c, absent).store(&mut out[x_c]);
+                    }
+                }
             }
         }
         return;
@@ -938,14 +948,20 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
             for (q, value) in &corners {
                 c = V::Wide::splat(q[x_c]).mul_add(*value, c);
             }
-            // d = Q + A - 2 C, lanes without an image far above any.
-            V::Wide::splat(norms[x_c])
-                .add(window_norm)
-                .sub(c.mul(two))
-                .max(absent)
-                .store(&mut out[x_c]);
+            distance::<V>(norms[x_c], window_norm, c, absent).store(&mut out[x_c]);
         }
     }
+}
+
+/// `d = Q + A - 2 C` from the query window's squared norm `Q`, the lanes'
+/// window norms `A` and cross terms `C`, at least `absent` (0, or
+/// [`NOT_A_CANDIDATE`] for lanes without an image).
+#[inline(always)]
+fn distance<V: Vector>(query: f64, window: V::Wide, cross: V::Wide, absent: V::Wide) -> V::Wide {
+    V::Wide::splat(query)
+        .add(window)
+        .sub(cross.mul(V::Wide::splat(2.0)))
+        .max(absent)
 }
 
 #[cfg(target_arch = "x86_64")]
