@@ -848,13 +848,26 @@ fn add_centre_with<V: Vector>(
         channels,
     } = state;
     let channels = *channels;
+    // Whole rows (every column takes the centre, as in most routes) are
+    // screened from slices of the row, without an index per column.
+    let whole_rows = cols.len() == width && cols.iter().enumerate().all(|(i, &c)| i == c);
     let mut kept = 0;
     for &r in rows {
-        for &c in cols {
-            let p = r * width + c;
-            let distance = V::Wide::load(&distances[p]).max(zero);
-            pending[kept] = p as u32;
-            kept += usize::from(step.reaches(distance, &no_penalty, reference[p]));
+        let start = r * width;
+        let row_distances = &distances[start..start + width];
+        let row_references = &reference[start..start + width];
+        if whole_rows {
+            for (c, (d, &m)) in row_distances.iter().zip(row_references).enumerate() {
+                let distance = V::Wide::load(d).max(zero);
+                pending[kept] = (start + c) as u32;
+                kept += usize::from(step.reaches(distance, &no_penalty, m));
+            }
+        } else {
+            for &c in cols {
+                let distance = V::Wide::load(&row_distances[c]).max(zero);
+                pending[kept] = (start + c) as u32;
+                kept += usize::from(step.reaches(distance, &no_penalty, row_references[c]));
+            }
         }
     }
     for &p in &pending[..kept] {
