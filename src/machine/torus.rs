@@ -843,17 +843,19 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
         for &x_r in &torus.centres.row_takers[centre.row] {
             let v_r = (x_r + height - centre.row) % height;
             let whole = &whole[v_r * 2 * width + start..][..width];
+            // The left-out row's table, or its one value where the row is
+            // constant (0 where no row is left out).
             let (row_table, row_value, row) = match left_rows.first() {
                 Some(&e) => {
                     let r = (torus.line_rows[e] + v_r) % height;
                     let table = &row_tables[e * 2 * plane_len + r * 2 * width..][..2 * width];
                     if constant_rows[e] {
-                        (&zeros[..], V::Wide::load(&table[0]), r)
+                        (None, V::Wide::load(&table[0]), r)
                     } else {
-                        (&table[start..][..width], V::Wide::splat(0.0), r)
+                        (Some(&table[start..][..width]), V::Wide::splat(0.0), r)
                     }
                 }
-                None => (&zeros[..], V::Wide::splat(0.0), 0),
+                None => (None, V::Wide::splat(0.0), 0),
             };
             let (col_table, s) = match left_cols.first() {
                 Some(&f) => {
@@ -874,20 +876,37 @@ fn form_distances_with<V: Vector>(job: &TorusJob<'_>, scratch: &mut TorusScratch
             let norms = &query_norms[x_r * width..][..width];
             match crossing {
                 // One channel (the common case), with its query row cut
-                // once per row.
+                // once per row, and the row's term (a table or one value)
+                // chosen once per row: leaving out the other, a subtraction
+                // of zero, changes no bit.
                 Some([value]) => {
                     let q = &query_rows[0][row * stride + s..][..width];
                     let value = V::Wide::load(value);
-                    for x_c in 0..width {
-                        let c = V::Wide::load(&whole[x_c])
-                            .sub(row_value)
-                            .sub(V::Wide::load(&row_table[x_c]))
-                            .sub(V::Wide::load(&col_table[x_c]));
-                        let c = V::Wide::splat(q[x_c]).mul_add(value, c);
-                        distance::<V>(norms[x_c], window_norm, c, absent).store(&mut out[x_c]);
+                    match row_table {
+                        Some(row_table) => {
+                            for x_c in 0..width {
+                                let c = V::Wide::load(&whole[x_c])
+                                    .sub(V::Wide::load(&row_table[x_c]))
+                                    .sub(V::Wide::load(&col_table[x_c]));
+                                let c = V::Wide::splat(q[x_c]).mul_add(value, c);
+                                distance::<V>(norms[x_c], window_norm, c, absent)
+                                    .store(&mut out[x_c]);
+                            }
+                        }
+                        None => {
+                            for x_c in 0..width {
+                                let c = V::Wide::load(&whole[x_c])
+                                    .sub(row_value)
+                                    .sub(V::Wide::load(&col_table[x_c]));
+                                let c = V::Wide::splat(q[x_c]).mul_add(value, c);
+                                distance::<V>(norms[x_c], window_norm, c, absent)
+                                    .store(&mut out[x_c]);
+                            }
+                        }
                     }
                 }
                 _ => {
+                    let row_table = row_table.unwrap_or(zeros);
                     for x_c in 0..width {
                         let mut c = V::Wide::load(&whole[x_c])
                             .sub(row_value)
