@@ -65,6 +65,8 @@ pub(crate) struct TorusPlan {
     /// The training rows (columns) some taken centre leaves out.
     line_rows: Vec<usize>,
     line_cols: Vec<usize>,
+    /// The columns of the doubled rows of `G` that some centre reads.
+    read_cols: std::ops::Range<usize>,
     /// Planned on first use: the cost model builds plans it then drops.
     transforms: OnceLock<Transforms>,
     shape: (usize, usize),
@@ -133,8 +135,16 @@ impl TorusPlan {
         if table_bytes(line_rows.len() + line_cols.len(), shape.positions()) > MAX_TABLE_BYTES {
             return None;
         }
+        // Centre column `y_c` reads columns `W - y_c ..` of the doubled
+        // rows, `W` of them.
+        let starts = taken_cols.iter().map(|&y_c| width - y_c);
+        let read_cols = match (starts.clone().min(), starts.max()) {
+            (Some(first), Some(last)) => first..last + width,
+            _ => 0..0,
+        };
         Some(TorusPlan {
             centres,
+            read_cols,
             left_out_rows,
             left_out_cols,
             line_rows,
@@ -244,7 +254,8 @@ pub(crate) struct TorusScratch {
     /// The inverse transforms of the group's pairs of images, one plane
     /// per pair.
     results: Vec<C64>,
-    /// `G(v)` of every lane, rows written twice over (`H x 2W`).
+    /// `G(v)` of every lane, rows written twice over (`H x 2W`; only the
+    /// columns some centre reads are filled).
     whole: Vec<WideLanes>,
     /// `Row_e` per left-out row `e` and `Col_f` per left-out column `f`,
     /// each `H x 2W`, and whether the line is constant (its table then
@@ -499,7 +510,9 @@ impl TorusJob<'_> {
     /// renamed) times the transforms' factor `H W` (and `1 / a` with kept
     /// transforms). Lanes past the group's images get values from earlier
     /// groups or from a missing second image, finite either way; their
-    /// distances are replaced by `NOT_A_CANDIDATE`.
+    /// distances are replaced by `NOT_A_CANDIDATE`. Only the columns of
+    /// the doubled rows that some centre reads are written (29 of 56 for
+    /// ELS one column short of the image).
     fn spread(&self, scratch: &mut TorusScratch) {
         let shape = self.plan.shape;
         let width = shape.width;
@@ -509,18 +522,17 @@ impl TorusJob<'_> {
             None => 1.0 / plane_len as f64,
         };
         let TorusScratch { results, whole, .. } = scratch;
+        let read_cols = self.torus.read_cols.clone();
         for (r, out) in whole.chunks_exact_mut(2 * width).enumerate() {
-            let (left, right) = out.split_at_mut(width);
-            for (c, (left, right)) in left.iter_mut().zip(right).enumerate() {
-                let at = r * width + c;
+            for (j, out) in out[read_cols.clone()].iter_mut().enumerate() {
+                let at = r * width + (read_cols.start + j) % width;
                 let mut lanes = [0.0; LANES];
                 for (pair, lanes) in lanes.chunks_exact_mut(2).enumerate() {
                     let value = results[pair * plane_len + at];
                     lanes[0] = scale * value.re;
                     lanes[1] = scale * value.im;
                 }
-                *left = lanes;
-                *right = lanes;
+                *out = lanes;
             }
         }
     }
