@@ -923,6 +923,8 @@ pub(crate) trait Wide: Copy {
     /// Eight consecutive `f32` values starting at `values[0]`, widened.
     fn load_widened(values: &[f32]) -> Self;
     fn store(self, lanes: &mut WideLanes);
+    /// Into the first eight of `values`.
+    fn store_slice(self, values: &mut [f64]);
     fn add(self, other: Self) -> Self;
     fn sub(self, other: Self) -> Self;
     fn mul(self, other: Self) -> Self;
@@ -1017,6 +1019,10 @@ impl Wide for PortableWide {
     #[inline(always)]
     fn store(self, lanes: &mut WideLanes) {
         *lanes = self.0;
+    }
+    #[inline(always)]
+    fn store_slice(self, values: &mut [f64]) {
+        values[..LANES].copy_from_slice(&self.0);
     }
     #[inline(always)]
     fn add(self, other: Self) -> Self {
@@ -1280,6 +1286,14 @@ pub(crate) mod avx2 {
             unsafe {
                 _mm256_storeu_pd(lanes.as_mut_ptr(), self.0);
                 _mm256_storeu_pd(lanes.as_mut_ptr().add(4), self.1);
+            }
+        }
+        #[inline(always)]
+        fn store_slice(self, values: &mut [f64]) {
+            let values = &mut values[..8];
+            unsafe {
+                _mm256_storeu_pd(values.as_mut_ptr(), self.0);
+                _mm256_storeu_pd(values.as_mut_ptr().add(4), self.1);
             }
         }
         #[inline(always)]

@@ -1,6 +1,7 @@
 //! The score machine: a softmax-weighted average of training patches,
 //! built from a noise schedule, a locality and an equivariance constraint.
 
+mod batch_dft;
 mod distinct;
 mod fast;
 mod fourier;

@@ -121,8 +121,13 @@ impl TrainingSpectra {
 /// imaginary parts.
 pub(crate) type Split<'a> = (&'a [f64], &'a [f64]);
 
+/// A plane to write as its real and imaginary parts.
+pub(crate) type SplitMut<'a> = (&'a mut [f64], &'a mut [f64]);
+
 /// Writes (with `overwrite`, else adds) into `product`, a transposed
-/// spectrum of `H x W` values, `(conj(P_1) + i conj(P_2)) Q`, with `P_1`,
+/// spectrum of `H x W` values as its real and imaginary parts (`W` rows of
+/// `stride >= H` values, the values past `H` untouched),
+/// `(conj(P_1) + i conj(P_2)) Q`, with `P_1`,
 /// `P_2` the transforms of two real images given by their kept halves and
 /// `Q` the query's transform. Its inverse transform is the circular
 /// correlation of the query with the first image in its real part and
@@ -131,10 +136,10 @@ pub(crate) type Split<'a> = (&'a [f64], &'a [f64]);
 /// first again: the real part does not depend on it.)
 pub(crate) fn correlate_pair(
     isa: Isa,
-    product: &mut [C64],
+    product: SplitMut<'_>,
     (first, second): (Split<'_>, Split<'_>),
     query: Split<'_>,
-    shape: (usize, usize),
+    shape: (usize, usize, usize),
     overwrite: bool,
 ) {
     let pair = (first, second);
@@ -158,20 +163,12 @@ pub(crate) fn correlate_pair(
 /// operations.
 #[inline(always)]
 fn correlate_pair_with<const ADD: bool>(
-    product: &mut [C64],
+    (product_re, product_im): SplitMut<'_>,
     (first, second): (Split<'_>, Split<'_>),
     query: Split<'_>,
-    (height, width): (usize, usize),
+    (height, width, stride): (usize, usize, usize),
 ) {
     let half = width / 2 + 1;
-    let put = |out: &mut C64, re: f64, im: f64| {
-        if ADD {
-            out.re += re;
-            out.im += im;
-        } else {
-            *out = C64::new(re, im);
-        }
-    };
     fn column(values: Split<'_>, k_c: usize, height: usize) -> Split<'_> {
         (
             &values.0[k_c * height..][..height],
@@ -179,45 +176,77 @@ fn correlate_pair_with<const ADD: bool>(
         )
     }
     for k_c in 0..width {
-        let out = &mut product[k_c * height..][..height];
-        let (q_re, q_im) = column(query, k_c, height);
+        let out_re = &mut product_re[k_c * stride..][..height];
+        let out_im = &mut product_im[k_c * stride..][..height];
+        let query = column(query, k_c, height);
         if k_c < half {
             // conj(P(k)) straight from the kept half:
             // conj(P_1) + i conj(P_2) = (re_1 + im_2) + i (re_2 - im_1).
-            let ((re_1, im_1), (re_2, im_2)) =
-                (column(first, k_c, height), column(second, k_c, height));
-            for i in 0..height {
-                let (a, b) = (re_1[i] + im_2[i], re_2[i] - im_1[i]);
-                put(
-                    &mut out[i],
-                    a * q_re[i] - b * q_im[i],
-                    a * q_im[i] + b * q_re[i],
-                );
-            }
+            let (first, second) = (column(first, k_c, height), column(second, k_c, height));
+            product_row::<ADD, false>(out_re, out_im, first, second, query);
         } else {
             // conj(P(k)) = P(-k), with `-k` in the kept half: column
             // `W - k_c`, row 0 for row 0 and row `H - i` for row `i`:
             // P_1(-k) + i P_2(-k) = (re_1 - im_2) + i (im_1 + re_2).
-            let ((re_1, im_1), (re_2, im_2)) = (
+            let (first, second) = (
                 column(first, width - k_c, height),
                 column(second, width - k_c, height),
             );
-            let (a, b) = (re_1[0] - im_2[0], im_1[0] + re_2[0]);
-            put(
-                &mut out[0],
-                a * q_re[0] - b * q_im[0],
-                a * q_im[0] + b * q_re[0],
-            );
-            for i in 1..height {
-                let m = height - i;
-                let (a, b) = (re_1[m] - im_2[m], im_1[m] + re_2[m]);
-                put(
-                    &mut out[i],
-                    a * q_re[i] - b * q_im[i],
-                    a * q_im[i] + b * q_re[i],
-                );
-            }
+            product_row::<ADD, true>(out_re, out_im, first, second, query);
         }
+    }
+}
+
+/// One row (`k_c`) of [`correlate_pair`]: from the kept halves' column
+/// `k_c` of both images, or with `MIRRORED` from column `W - k_c` read
+/// backwards (row `H - i` for row `i`, row 0 for row 0). The real and
+/// imaginary parts are separate arguments so that the compiler knows they
+/// do not overlap, and vectorises the loop.
+#[inline(always)]
+fn product_row<const ADD: bool, const MIRRORED: bool>(
+    out_re: &mut [f64],
+    out_im: &mut [f64],
+    (re_1, im_1): Split<'_>,
+    (re_2, im_2): Split<'_>,
+    (q_re, q_im): Split<'_>,
+) {
+    let height = out_re.len();
+    let (out_im, re_1, im_1) = (&mut out_im[..height], &re_1[..height], &im_1[..height]);
+    let (re_2, im_2, q_re, q_im) = (
+        &re_2[..height],
+        &im_2[..height],
+        &q_re[..height],
+        &q_im[..height],
+    );
+    if MIRRORED && height > 0 {
+        let (a, b) = (re_1[0] - im_2[0], im_1[0] + re_2[0]);
+        put::<ADD>(&mut out_re[0], a * q_re[0] - b * q_im[0]);
+        put::<ADD>(&mut out_im[0], a * q_im[0] + b * q_re[0]);
+    }
+    let start = usize::from(MIRRORED);
+    let (out_re, out_im) = (&mut out_re[start..], &mut out_im[start..]);
+    let (q_re, q_im) = (&q_re[start..], &q_im[start..]);
+    let len = out_re.len();
+    for i in 0..len {
+        let (a, b) = if MIRRORED {
+            // Row `H - i` for row `i`.
+            let m = height - start - i;
+            (re_1[m] - im_2[m], im_1[m] + re_2[m])
+        } else {
+            (re_1[i] + im_2[i], re_2[i] - im_1[i])
+        };
+        put::<ADD>(&mut out_re[i], a * q_re[i] - b * q_im[i]);
+        put::<ADD>(&mut out_im[i], a * q_im[i] + b * q_re[i]);
+    }
+}
+
+/// Writes `value` into `out`, or with `ADD` adds it.
+#[inline(always)]
+fn put<const ADD: bool>(out: &mut f64, value: f64) {
+    if ADD {
+        *out += value;
+    } else {
+        *out = value;
     }
 }
 
@@ -230,10 +259,10 @@ mod x86 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn correlate_pair_add(
-        product: &mut [C64],
+        product: SplitMut<'_>,
         pair: (Split<'_>, Split<'_>),
         query: Split<'_>,
-        shape: (usize, usize),
+        shape: (usize, usize, usize),
     ) {
         correlate_pair_with::<true>(product, pair, query, shape);
     }
@@ -243,10 +272,10 @@ mod x86 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn correlate_pair_write(
-        product: &mut [C64],
+        product: SplitMut<'_>,
         pair: (Split<'_>, Split<'_>),
         query: Split<'_>,
-        shape: (usize, usize),
+        shape: (usize, usize, usize),
     ) {
         correlate_pair_with::<false>(product, pair, query, shape);
     }
@@ -402,21 +431,33 @@ mod tests {
             {
                 let first = spectra.channel(0, 0);
                 let halves = (first, if second { spectra.channel(1, 0) } else { first });
-                // Written, then added to a written product of the same.
-                let mut product = vec![C64::new(9.0, 9.0); plane_len];
-                correlate_pair(isa, &mut product, halves, (&re, &im), (height, width), true);
-                let once = product.clone();
-                correlate_pair(
-                    isa,
-                    &mut product,
-                    halves,
-                    (&re, &im),
-                    (height, width),
-                    false,
-                );
-                for (twice, once) in product.iter_mut().zip(&once) {
-                    assert_eq!(*twice, once * 2.0);
-                    *twice = *once;
+                // Written, then added to a written product of the same,
+                // rows padded to `stride` (the padding untouched).
+                let stride = height + 3;
+                let (mut product_re, mut product_im) =
+                    (vec![9.0; width * stride], vec![9.0; width * stride]);
+                let shape = (height, width, stride);
+                let spectrum = (&re[..], &im[..]);
+                let product = (&mut product_re[..], &mut product_im[..]);
+                correlate_pair(isa, product, halves, spectrum, shape, true);
+                let once = (product_re.clone(), product_im.clone());
+                let product = (&mut product_re[..], &mut product_im[..]);
+                correlate_pair(isa, product, halves, spectrum, shape, false);
+                let mut product = vec![C64::default(); plane_len];
+                for k_c in 0..width {
+                    for i in 0..stride {
+                        let at = k_c * stride + i;
+                        let (twice, once) = (
+                            C64::new(product_re[at], product_im[at]),
+                            C64::new(once.0[at], once.1[at]),
+                        );
+                        if i < height {
+                            assert_eq!(twice, once * 2.0);
+                            product[k_c * height + i] = once;
+                        } else {
+                            assert_eq!((twice, once), (C64::new(9.0, 9.0), C64::new(9.0, 9.0)));
+                        }
+                    }
                 }
                 let mut out = vec![C64::default(); plane_len];
                 transforms.inverse(&mut product, &mut out, &mut transforms.scratch());

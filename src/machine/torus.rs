@@ -45,6 +45,7 @@
 
 use std::sync::OnceLock;
 
+use super::batch_dft::PlaneInverse;
 use super::fast::{self, LANES, LaneState, NOT_A_CANDIDATE, Portable, Vector, Wide, WideLanes};
 use super::fourier::{
     C64, Centre, Centres, Group, GroupScratch, Transforms, multiply, run_in_groups,
@@ -69,6 +70,9 @@ pub(crate) struct TorusPlan {
     read_cols: std::ops::Range<usize>,
     /// Planned on first use: the cost model builds plans it then drops.
     transforms: OnceLock<Transforms>,
+    /// The inverse transforms eight at a time, where both sides allow
+    /// them; else `rustfft`'s.
+    inverse: OnceLock<Option<PlaneInverse>>,
     shape: (usize, usize),
 }
 
@@ -77,6 +81,15 @@ pub(crate) struct TorusPlan {
 /// image from some centre, and their tables grow as `(H + W) H W`
 /// (about 67 MB on 64x64 images).
 const MAX_TABLE_BYTES: usize = 16 << 20;
+
+/// The row strides of the split spectra (`H` rounded up to eight) and of
+/// the split results (`W` likewise).
+fn strides(height: usize, width: usize) -> (usize, usize) {
+    (
+        height.next_multiple_of(LANES),
+        width.next_multiple_of(LANES),
+    )
+}
 
 /// The bytes of the tables of `lines` left-out lines on images of
 /// `positions` pixels: `2 positions` values of eight `f64` lanes each.
@@ -150,8 +163,17 @@ impl TorusPlan {
             line_rows,
             line_cols,
             transforms: OnceLock::new(),
+            inverse: OnceLock::new(),
             shape: (height, width),
         })
+    }
+
+    /// The inverse transforms eight at a time, if the sides allow them.
+    fn inverse(&self) -> Option<&PlaneInverse> {
+        let (height, width) = self.shape;
+        self.inverse
+            .get_or_init(|| PlaneInverse::new(height, width))
+            .as_ref()
     }
 
     /// The transforms of the image's size.
@@ -251,9 +273,15 @@ pub(crate) struct TorusScratch {
     transposed: Vec<C64>,
     product: Vec<C64>,
     fft_scratch: Vec<C64>,
-    /// The inverse transforms of the group's pairs of images, one plane
-    /// per pair.
-    results: Vec<C64>,
+    /// With kept transforms, the product of one pair as real and
+    /// imaginary parts (`W` rows of `H` rounded up to eight), and the
+    /// scratch of the inverse transforms eight at a time.
+    split_product: (Vec<f64>, Vec<f64>),
+    split_scratch: (Vec<f64>, Vec<f64>),
+    /// The inverse transforms of the group's pairs of images, real and
+    /// imaginary parts, one plane per pair (`H` rows of `W` rounded up to
+    /// eight).
+    results: (Vec<f64>, Vec<f64>),
     /// `G(v)` of every lane, rows written twice over (`H x 2W`; only the
     /// columns some centre reads are filled).
     whole: Vec<WideLanes>,
@@ -331,6 +359,7 @@ impl TorusJob<'_> {
         let channels = shape.channels;
         let (rows, cols) = (torus.line_rows.len(), torus.line_cols.len());
         let table = 2 * plane_len;
+        let (padded_height, padded_width) = strides(height, width);
         TorusScratch {
             query_split: match self.spectra {
                 Some(_) => query_spectra.iter().map(|s| split(s)).collect(),
@@ -347,7 +376,21 @@ impl TorusJob<'_> {
             transposed: vec![C64::default(); plane_len],
             product: vec![C64::default(); plane_len],
             fft_scratch,
-            results: vec![C64::default(); LANES / 2 * plane_len],
+            split_product: (
+                vec![0.0; width * padded_height],
+                vec![0.0; width * padded_height],
+            ),
+            split_scratch: match torus.inverse() {
+                Some(inverse) if self.spectra.is_some() => {
+                    let len = inverse.scratch_len();
+                    (vec![0.0; len], vec![0.0; len])
+                }
+                _ => (Vec::new(), Vec::new()),
+            },
+            results: (
+                vec![0.0; LANES / 2 * height * padded_width],
+                vec![0.0; LANES / 2 * height * padded_width],
+            ),
             whole: vec![[0.0; LANES]; table],
             row_tables: vec![[0.0; LANES]; rows * table],
             col_tables: vec![[0.0; LANES]; cols * table],
@@ -423,10 +466,13 @@ impl TorusJob<'_> {
             transposed,
             product,
             fft_scratch,
+            split_product,
+            split_scratch,
             results,
             full_norms,
             ..
         } = scratch;
+        let (padded_height, padded_width) = strides(height, width);
         let scaled = &group.scaled;
         let second = lanes[1] < group.filled;
         let transforms = torus.transforms();
@@ -445,10 +491,10 @@ impl TorusJob<'_> {
                     let first_channel = channel == 0;
                     correlate_pair(
                         self.isa,
-                        product,
+                        (&mut split_product.0, &mut split_product.1),
                         pair,
                         query,
-                        (height, width),
+                        (height, width, padded_height),
                         first_channel,
                     );
                 }
@@ -497,11 +543,37 @@ impl TorusJob<'_> {
             }
         }
         let pair = lanes[0] / 2;
-        transforms.inverse(
-            product,
-            &mut results[pair * plane_len..][..plane_len],
-            fft_scratch,
+        let result_len = height * padded_width;
+        let out = (
+            &mut results.0[pair * result_len..][..result_len],
+            &mut results.1[pair * result_len..][..result_len],
         );
+        match (self.spectra, torus.inverse()) {
+            (Some(_), Some(inverse)) => inverse.run(
+                self.isa,
+                (&mut split_product.0, &mut split_product.1),
+                out,
+                (&mut split_scratch.0, &mut split_scratch.1),
+            ),
+            (kept, _) => {
+                if kept.is_some() {
+                    for (k_c, row) in product.chunks_exact_mut(height).enumerate() {
+                        let at = k_c * padded_height;
+                        let parts = split_product.0[at..].iter().zip(&split_product.1[at..]);
+                        for (z, (&re, &im)) in row.iter_mut().zip(parts) {
+                            *z = C64::new(re, im);
+                        }
+                    }
+                }
+                transforms.inverse(product, plane, fft_scratch);
+                for (r, row) in plane.chunks_exact(width).enumerate() {
+                    for (c, z) in row.iter().enumerate() {
+                        out.0[r * padded_width + c] = z.re;
+                        out.1[r * padded_width + c] = z.im;
+                    }
+                }
+            }
+        }
     }
 
     /// Spreads the correlations of every pair over the lanes of
@@ -522,15 +594,16 @@ impl TorusJob<'_> {
             None => 1.0 / plane_len as f64,
         };
         let TorusScratch { results, whole, .. } = scratch;
+        let (_, padded_width) = strides(shape.height, width);
+        let result_len = shape.height * padded_width;
         let read_cols = self.torus.read_cols.clone();
         for (r, out) in whole.chunks_exact_mut(2 * width).enumerate() {
             for (j, out) in out[read_cols.clone()].iter_mut().enumerate() {
-                let at = r * width + (read_cols.start + j) % width;
+                let at = r * padded_width + (read_cols.start + j) % width;
                 let mut lanes = [0.0; LANES];
                 for (pair, lanes) in lanes.chunks_exact_mut(2).enumerate() {
-                    let value = results[pair * plane_len + at];
-                    lanes[0] = scale * value.re;
-                    lanes[1] = scale * value.im;
+                    lanes[0] = scale * results.0[pair * result_len + at];
+                    lanes[1] = scale * results.1[pair * result_len + at];
                 }
                 *out = lanes;
             }

@@ -149,6 +149,11 @@ impl Wide for Avx512Wide {
         unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), self.0) }
     }
     #[inline(always)]
+    fn store_slice(self, values: &mut [f64]) {
+        let values = &mut values[..8];
+        unsafe { _mm512_storeu_pd(values.as_mut_ptr(), self.0) }
+    }
+    #[inline(always)]
     fn add(self, other: Self) -> Self {
         Avx512Wide(unsafe { _mm512_add_pd(self.0, other.0) })
     }
