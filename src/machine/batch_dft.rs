@@ -497,6 +497,7 @@ mod tests {
             let transforms = Transforms::new(height, width);
             let mut expected = vec![C64::default(); height * width];
             transforms.inverse(&mut spectrum, &mut expected, &mut transforms.scratch());
+            let mut vector_levels = Vec::new();
             for isa in Isa::available() {
                 let (mut spectrum_re, mut spectrum_im) =
                     (vec![0.0; width * rows], vec![0.0; width * rows]);
@@ -531,6 +532,13 @@ mod tests {
                         }
                     }
                 }
+                if isa != Isa::Portable {
+                    vector_levels.push((plane_re, plane_im));
+                }
+            }
+            // AVX2 and AVX-512 do the same operations lane by lane.
+            for other in vector_levels.iter().skip(1) {
+                assert_eq!(other, &vector_levels[0], "{height}x{width}");
             }
         }
     }

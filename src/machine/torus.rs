@@ -42,6 +42,11 @@
 //! is `f64` until the softmax; the rounding of `G` is bounded like that of
 //! the per-centre transforms (with the whole image as window) and the line
 //! sums add at most `(H + W) eps` of the same magnitudes.
+//!
+//! With the training images' transforms kept ([`super::spectra`]) only
+//! the inverse transform is left per pair of images; where both sides
+//! factor into primes up to 7 it runs eight columns at a time
+//! ([`super::batch_dft`]), else by `rustfft`.
 
 use std::sync::OnceLock;
 
