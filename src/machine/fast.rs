@@ -800,7 +800,7 @@ fn query_support(
 /// [`Step::reaches`]); then only those are added. Whether a position
 /// passes is close to a coin toss for the four centres of windows one
 /// line short of the image, and a mispredicted branch per position cost
-/// more than the list: 1.15x to 1.2x at k = 27 on MNIST (ELS), no
+/// more than the list: 1.11x to 1.18x at k = 27 on MNIST (ELS), no
 /// difference with the 784 centres of `PeriodicFull` at k = 21 to 27.
 /// The lanes (`Segment::add`) keep a branch per position, where the list
 /// was 1.1x to 1.2x slower at k = 15.
