@@ -2418,8 +2418,10 @@ impl<V: Vector> Step<V> {
         self.add_reached(distance, state, values);
     }
 
-    /// [`Step::add`] for candidates at `distance` (penalty included) that
-    /// [`Step::reaches`] has passed.
+    /// [`Step::add`] for candidates that [`Step::reaches`] has passed, at
+    /// `distance` with the penalty already added where `add_penalty` asks
+    /// for one (the Fourier routes have none: their step is built with
+    /// `add_penalty` false).
     #[inline(always)]
     fn add_reached(self, distance: V::Wide, state: PixelState<'_>, values: impl Fn(usize) -> V) {
         let PixelState {
