@@ -36,6 +36,11 @@ use super::simd::Isa;
 /// offered.
 pub(crate) const MAX_RADIX: usize = 7;
 
+/// `len` rounded up to a whole number of vectors of eight.
+pub(crate) fn padded(len: usize) -> usize {
+    len.next_multiple_of(LANES)
+}
+
 /// The plan of one length.
 pub(crate) struct BatchInverse {
     len: usize,
@@ -154,12 +159,12 @@ impl PlaneInverse {
 
     /// The row stride of the spectrum: `H` rounded up to eight.
     pub fn spectrum_stride(&self) -> usize {
-        self.height.next_multiple_of(LANES)
+        padded(self.height)
     }
 
     /// The row stride of the plane: `W` rounded up to eight.
     pub fn plane_stride(&self) -> usize {
-        self.width.next_multiple_of(LANES)
+        padded(self.width)
     }
 
     /// Values in each buffer of the scratch.
@@ -399,21 +404,9 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::spectral::tests::values;
     use rustfft::FftPlanner;
     use rustfft::num_complex::Complex;
-
-    /// Seeded values in `[-1, 1)`.
-    fn values(count: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..count)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect()
-    }
 
     fn largest_prime_factor(mut n: usize) -> usize {
         let mut largest = 1;

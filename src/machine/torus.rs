@@ -50,7 +50,7 @@
 
 use std::sync::OnceLock;
 
-use super::batch_dft::PlaneInverse;
+use super::batch_dft::{PlaneInverse, padded};
 use super::fast::{self, LANES, LaneState, NOT_A_CANDIDATE, Portable, Vector, Wide, WideLanes};
 use super::fourier::{
     C64, Centre, Centres, Group, GroupScratch, Transforms, multiply, run_in_groups,
@@ -90,10 +90,7 @@ const MAX_TABLE_BYTES: usize = 16 << 20;
 /// The row strides of the split spectra (`H` rounded up to eight) and of
 /// the split results (`W` likewise).
 fn strides(height: usize, width: usize) -> (usize, usize) {
-    (
-        height.next_multiple_of(LANES),
-        width.next_multiple_of(LANES),
-    )
+    (padded(height), padded(width))
 }
 
 /// The bytes of the tables of `lines` left-out lines on images of
