@@ -583,7 +583,10 @@ impl LaneScratch {
 /// (`out` holds eight lanes per value), and zeros to the lanes past the
 /// last row.
 #[inline(always)]
-fn interleave_row<'a, V: Vector>(out: &mut [f32], rows: impl ExactSizeIterator<Item = &'a [f32]>) {
+pub(crate) fn interleave_row<'a, V: Vector>(
+    out: &mut [f32],
+    rows: impl ExactSizeIterator<Item = &'a [f32]>,
+) {
     let filled = rows.len();
     if filled == LANES {
         // Eight values of each row at a time, transposed in registers.
@@ -880,6 +883,59 @@ fn add_centre_with<V: Vector>(
         };
         let distance = V::Wide::load(&distances[p]).max(zero);
         step.add_reached(distance, pixel, |channel| V::load(&values[channel]));
+    }
+}
+
+/// Adds eight candidates (the lanes) at each of `positions`: the lanes
+/// at `positions[i]` are at squared distances `distances[i]` (clamped at
+/// 0) and have the one-channel values `values[i]`. Lanes that are no
+/// candidate carry [`NOT_A_CANDIDATE`]. As in [`add_centre`], every
+/// position is screened first, without a branch, into a list in `pending`
+/// (room for every position), and only the listed ones are added.
+#[inline(always)]
+pub(crate) fn add_listed_with<V: Vector>(
+    beta: f64,
+    positions: &[u32],
+    distances: &[WideLanes],
+    values: &[Lanes],
+    state: &mut LaneState,
+    pending: &mut [u32],
+) {
+    debug_assert_eq!(state.channels, 1, "one value per lane");
+    let step = Step::<V> {
+        beta: V::Wide::splat(beta * std::f64::consts::LOG2_E),
+        natural_beta: beta,
+        negligible: NEGLIGIBLE as f64 / beta,
+        add_penalty: false,
+    };
+    let zero = V::Wide::splat(0.0);
+    let no_penalty = [0.0; LANES];
+    let LaneState {
+        reference,
+        nearest,
+        normaliser,
+        sums,
+        ..
+    } = state;
+    let len = positions.len();
+    let (distances, values) = (&distances[..len], &values[..len]);
+    let mut kept = 0;
+    for (i, (&p, d)) in positions.iter().zip(distances).enumerate() {
+        let distance = V::Wide::load(d).max(zero);
+        pending[kept] = i as u32;
+        kept += usize::from(step.reaches(distance, &no_penalty, reference[p as usize]));
+    }
+    for &i in &pending[..kept] {
+        let i = i as usize;
+        let p = positions[i] as usize;
+        let pixel = PixelState {
+            reference: &mut reference[p],
+            nearest: &mut nearest[p],
+            normaliser: &mut normaliser[p],
+            sums: std::slice::from_mut(&mut sums[p]),
+        };
+        let distance = V::Wide::load(&distances[i]).max(zero);
+        step.add_reached(distance, pixel, |_| V::load(&values[i]));
     }
 }
 

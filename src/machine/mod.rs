@@ -7,6 +7,7 @@ mod fast;
 mod fourier;
 mod kernel;
 mod mosaic;
+mod neighbours;
 mod plan;
 mod posterior;
 mod simd;
@@ -403,6 +404,10 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             * spectral::cross_term_error(&plan, &largest_queries, &largest_scaled)
             + largest_cross * norm_steps * f64::EPSILON;
         let spectral = beta * spectral_error <= T::SLIDING_EXPONENT_ERROR;
+        // Or take the running sums of `neighbours` (windows one line short
+        // of the image with zero padding), whose steps it counts.
+        let neighbour_error = largest_cross * neighbours::rounding_steps(&plan) * f64::EPSILON;
+        let neighbours = beta * neighbour_error <= T::SLIDING_EXPONENT_ERROR;
 
         if plan.global {
             let query = x.as_slice();
@@ -427,6 +432,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
                 beta,
                 cross,
                 spectral,
+                neighbours,
             };
             return Ok(self.stream_f32(&plan, images, query, kernel, &rows, class));
         }
@@ -646,7 +652,46 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         {
             return self.stream_transforms(plan, &route, images, query, kernel, rows);
         }
+        if kernel.neighbours
+            && let Some(route) = neighbours::choose(plan)
+        {
+            return self.stream_neighbours(plan, &route, images, query, kernel, rows);
+        }
         self.stream_lanes(plan, images, query, kernel, rows)
+    }
+
+    /// Windows one line short of the image with zero padding, in one pass
+    /// over each training image (see [`neighbours`]).
+    fn stream_neighbours(
+        &self,
+        plan: &Plan,
+        route: &neighbours::NeighbourPlan,
+        images: &[f32],
+        query: &[f32],
+        kernel: LaneKernel,
+        rows: &[usize],
+    ) -> PartialPosterior {
+        let shape = self.training.shape();
+        let job = neighbours::NeighbourJob {
+            plan,
+            route,
+            signal: kernel.signal,
+            beta: kernel.beta,
+            isa: self.isa,
+        };
+        let len = shape.len();
+        let query = job.query(query);
+        let chunk = |rows: &[usize]| {
+            let mut posterior = PartialPosterior::new(shape, kernel.beta);
+            let mut scratch = job.scratch(&query);
+            job.run(
+                rows.iter().map(|&row| &images[row * len..(row + 1) * len]),
+                &mut scratch,
+                &mut posterior,
+            );
+            posterior
+        };
+        self.reduce(rows, fast::chunk_len(rows.len()), kernel.beta, chunk)
     }
 
     /// Cross terms by Fourier transforms, per candidate centre (see
@@ -857,6 +902,8 @@ struct LaneKernel {
     cross: bool,
     /// Whether the cross terms may be computed by Fourier transforms.
     spectral: bool,
+    /// Whether the running sums of [`neighbours`] may be used.
+    neighbours: bool,
 }
 
 /// Per channel, the smallest and largest value of `x`.

@@ -116,3 +116,53 @@ mod tests {
         assert!(available.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }
+
+/// Values of eight lanes (`[f32; 8]` or `[f64; 8]`) that may live in an
+/// [`Aligned`] buffer: plain floats, for which all-zero bytes are `0.0`.
+pub(crate) trait Plain: Copy {}
+impl Plain for [f32; 8] {}
+impl Plain for [f64; 8] {}
+
+/// A cache line, the unit an [`Aligned`] buffer is allocated in.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A zeroed buffer of `len` values whose first value starts on a cache
+/// line (64 bytes), so that no 256-bit load of `[f32; 8]` and no 512-bit
+/// load of `[f64; 8]` spans two lines, as it can in a `Vec`, which
+/// aligns them to their 4 or 8 bytes only.
+pub(crate) struct Aligned<T: Plain> {
+    lines: Vec<Line>,
+    len: usize,
+    marker: std::marker::PhantomData<T>,
+}
+
+impl<T: Plain> Aligned<T> {
+    /// `len` zero values.
+    pub(crate) fn zeros(len: usize) -> Self {
+        let bytes = len * std::mem::size_of::<T>();
+        Aligned {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            len,
+            marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `T` is an array of eight `f32` or `f64` (`Plain`), whose
+        // alignment (4 or 8) divides 64 and for which every bit pattern,
+        // zero included, is a value; the lines hold at least `len` of them.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T: Plain> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, and the borrow of `self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<T>(), self.len) }
+    }
+}

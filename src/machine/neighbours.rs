@@ -1,0 +1,643 @@
+//! Zero-padded windows as large as the image but for a line: every
+//! candidate centre at most one pixel from its output pixel, and one pass
+//! over each training image.
+//!
+//! With zero padding, a window one line short of the image along an axis
+//! (`k = H - 1` on an even side `H`, as at k = 27 on MNIST) leaves that
+//! axis two interior coordinates: an output pixel in one of the two
+//! middle lines compares its window with those of both, every other
+//! pixel only with its own location. So the displacement `delta = y - x`
+//! between candidate centre `y` and output pixel `x` is `-1`, `0` or `+1`
+//! along each axis, and the cross term of a displacement is
+//!
+//! ```text
+//! C_delta(x) = sum over z in W(x) of q(z) p(z + delta)
+//! ```
+//!
+//! with `W(x)` the window of `x` clipped to the image (the padding is
+//! zero). For `delta = 0` every output pixel needs it; the window sums of
+//! `q p`, and of `p^2` for the window norms `A`, come from running sums
+//! down each column (`V(i, c)`, the sum of rows `0 .. i`) and then along
+//! each output row: the rows `lo .. hi` of the window of output row `i`
+//! are `V(hi, c) - V(lo, c)`, whose running sum along the row gives every
+//! window of that row by one more difference. For a displacement of one
+//! pixel along an axis the window of every output pixel that takes it
+//! spans all of that axis where both `q(z)` and `p(z + delta)` lie in the
+//! image (the route is offered only then), so only the other axis is
+//! windowed: `(0, +-1)` needs one sum per row, `(+-1, 0)` one per column
+//! and the four diagonal displacements one sum each. All of them are
+//! gathered in the same pass over the training pixels: each value
+//! `p(r, c)`, widened once, meets the nine query values around `(r, c)`.
+//!
+//! Per group of eight training images (the lanes, as in [`super::fast`])
+//! the pass costs ten multiply-adds per pixel, where the general lane
+//! kernel pays sliding window sums for each displacement; the distances
+//! are then `Q(x) + A(x + delta) - 2 C_delta(x)` (the query carries the
+//! factor `2 a`, `A` the factor `a^2`), screened and added to the softmax
+//! states as in [`fast::add_listed_with`]. Everything is `f64` until the
+//! softmax; [`rounding_steps`] bounds the rounding of the running sums.
+
+use super::fast::{self, LANES, LaneState, Lanes, NOT_A_CANDIDATE, Portable, Vector, Wide};
+use super::fast::{WideLanes, add_listed_with, interleave_row};
+use super::plan::{AxisPlan, Plan};
+use super::posterior::PartialPosterior;
+use super::simd::{Aligned, Isa};
+use crate::equivariance::Boundary;
+
+/// One axis of a [`NeighbourPlan`].
+#[derive(Clone, Debug)]
+struct AxisWindows {
+    len: usize,
+    /// Per output coordinate `i`, the coordinates `lo .. hi` its window
+    /// covers inside the image.
+    windows: Vec<(usize, usize)>,
+    /// The output coordinates that take the displacement `-1` and `+1`.
+    back: Vec<usize>,
+    forward: Vec<usize>,
+}
+
+impl AxisWindows {
+    /// The axis of `axis` (`len` long, windows reaching `before` and
+    /// `after` coordinates from their centre), if its displacements are
+    /// `-1`, `0` and `+1` only, `0` serves every coordinate, and each
+    /// coordinate that takes `-1` or `+1` has a window spanning every
+    /// coordinate `z` with `z` and `z + delta` in the image.
+    fn new(axis: &AxisPlan, len: usize, before: usize, after: usize) -> Option<Self> {
+        let windows: Vec<(usize, usize)> = (0..len)
+            .map(|i| (i.saturating_sub(before), (i + after + 1).min(len)))
+            .collect();
+        let (mut back, mut forward) = (Vec::new(), Vec::new());
+        let mut own = false;
+        for shift in &axis.shifts {
+            match shift.delta {
+                0 => own = shift.queries.iter().copied().eq(0..len),
+                -1 => back = shift.queries.clone(),
+                1 => forward = shift.queries.clone(),
+                _ => return None,
+            }
+        }
+        // `delta = +1` pairs `z` in `0 .. len - 1`, `-1` pairs `1 .. len`.
+        let spans = |takers: &[usize], from: usize, to: usize| {
+            takers.iter().all(|&i| {
+                let (lo, hi) = windows[i];
+                lo <= from && hi >= to
+            })
+        };
+        let full = spans(&forward, 0, len.saturating_sub(1)) && spans(&back, 1, len);
+        (own && full).then_some(AxisWindows {
+            len,
+            windows,
+            back,
+            forward,
+        })
+    }
+
+    /// Whether some output coordinate takes a displacement other than 0.
+    fn shifts(&self) -> bool {
+        !self.back.is_empty() || !self.forward.is_empty()
+    }
+
+    /// The output coordinates that take displacement `delta`.
+    fn takers(&self, delta: isize) -> std::ops::Range<usize> {
+        0..match delta {
+            -1 => self.back.len(),
+            1 => self.forward.len(),
+            _ => self.len,
+        }
+    }
+
+    /// The `n`-th output coordinate that takes displacement `delta`.
+    fn taker(&self, delta: isize, n: usize) -> usize {
+        match delta {
+            -1 => self.back[n],
+            1 => self.forward[n],
+            _ => n,
+        }
+    }
+}
+
+/// The route of this module for one [`Plan`]: see [`choose`].
+#[derive(Clone, Debug)]
+pub(crate) struct NeighbourPlan {
+    rows: AxisWindows,
+    cols: AxisWindows,
+    /// Groups of eight images between folds of the lane states into the
+    /// posterior.
+    fold_every: usize,
+}
+
+/// The route for `plan`, if it applies: zero padding, one channel, and
+/// along each axis displacements of at most one pixel, taken only by
+/// output pixels whose windows span that axis (see the module's text),
+/// with at least one displacement other than 0.
+pub(crate) fn choose(plan: &Plan) -> Option<NeighbourPlan> {
+    if plan.boundary != Boundary::Zero || plan.shape.channels != 1 || plan.global {
+        return None;
+    }
+    let patch = &plan.patch;
+    let shape = plan.shape;
+    let rows = AxisWindows::new(&plan.rows, shape.height, patch.up(), patch.down())?;
+    let cols = AxisWindows::new(&plan.cols, shape.width, patch.left(), patch.right())?;
+    if !rows.shifts() && !cols.shifts() {
+        return None;
+    }
+    let (most_rows, most_cols) = fast::most_candidates(plan);
+    Some(NeighbourPlan {
+        rows,
+        cols,
+        fold_every: (fast::FOLD_TERMS / (most_rows * most_cols)).clamp(1, fast::FOLD_EVERY),
+    })
+}
+
+/// Rounding steps of the route on an `H x W` image, in units of
+/// `eps M` with `M` the largest term (as in the bound of the lane
+/// kernel's expanded distances): the running sums of `2 a q p` down a
+/// column (`H` steps of partial sums up to `H M`), their differences,
+/// the running sums of those along a row (`W` steps up to `W H M`) and
+/// their differences come to `2 W^2 H + 4 W H^2 + 3 W H`; the window
+/// norms as many plus one scaling, the query norms `H W (H + W)`, and the
+/// final sum `6 H W`. In all `H W (5 W + 9 H + 13)`: the sums of the
+/// other displacements (one axis windowed) stay below the first term.
+pub(crate) fn rounding_steps(plan: &Plan) -> f64 {
+    let (h, w) = (plan.shape.height as f64, plan.shape.width as f64);
+    h * w * (5.0 * w + 9.0 * h + 13.0)
+}
+
+/// Everything a worker needs that is shared by all training images.
+pub(crate) struct NeighbourJob<'a> {
+    pub plan: &'a Plan,
+    pub route: &'a NeighbourPlan,
+    pub signal: f64,
+    pub beta: f64,
+    pub isa: Isa,
+}
+
+/// What the route needs of the query, built once per evaluation.
+pub(crate) struct NeighbourQuery {
+    /// The query times `2 a`, widened, with a border of one zero.
+    scaled: Vec<f64>,
+    /// `Q(x)`, the squared norm of every output pixel's query window.
+    norms: Vec<f64>,
+}
+
+/// Buffers of one worker.
+pub(crate) struct NeighbourScratch {
+    query: Vec<f64>,
+    query_norms: Vec<f64>,
+    /// The eight images of a group, interleaved value by value, with a
+    /// border of one zero.
+    image: Aligned<Lanes>,
+    /// Summed-area tables of `p^2` and `2 a q p`: entry `(i, j)` of the
+    /// `(H + 1) x (W + 1)` table is the sum over image rows `0 .. i` and
+    /// columns `0 .. j`.
+    squares: Aligned<WideLanes>,
+    cross: Aligned<WideLanes>,
+    /// Running sums of one axis's sums of a displacement (`H + 1` or
+    /// `W + 1` values).
+    along: Vec<WideLanes>,
+    /// Sums of the window rows of one output row over every run of
+    /// columns from the first (`W + 1` values).
+    window_squares: Aligned<WideLanes>,
+    window_cross: Aligned<WideLanes>,
+    /// Sums of the cross terms of `(0, -1)` and `(0, +1)` per query row,
+    /// of `(-1, 0)` and `(+1, 0)` per query column, and of the four
+    /// diagonal displacements (`(-1, -1)`, `(-1, +1)`, `(+1, -1)`,
+    /// `(+1, +1)`) over the image.
+    row_back: Vec<WideLanes>,
+    row_forward: Vec<WideLanes>,
+    col_back: Vec<WideLanes>,
+    col_forward: Vec<WideLanes>,
+    diagonals: [WideLanes; 4],
+    /// Every position `0 .. H W`, and room for the candidates of one
+    /// displacement: positions, distances, values, and the screening list.
+    positions: Vec<u32>,
+    listed: Vec<u32>,
+    distances: Vec<WideLanes>,
+    values: Vec<Lanes>,
+    pending: Vec<u32>,
+    state: LaneState,
+}
+
+impl NeighbourJob<'_> {
+    /// The query scaled by `2 a` with its zero border, and its window
+    /// norms.
+    pub fn query(&self, query: &[f32]) -> NeighbourQuery {
+        let shape = self.plan.shape;
+        let (height, width) = (shape.height, shape.width);
+        let stride = width + 2;
+        let mut scaled = vec![0.0; (height + 2) * stride];
+        let factor = 2.0 * self.signal;
+        for (r, row) in query.chunks_exact(width).enumerate() {
+            for (out, &v) in scaled[(r + 1) * stride + 1..][..width].iter_mut().zip(row) {
+                *out = factor * v as f64;
+            }
+        }
+        let padded = self.plan.padded(query);
+        NeighbourQuery {
+            scaled,
+            norms: fast::query_window_norms(self.plan, &padded),
+        }
+    }
+
+    /// The buffers of one worker.
+    pub fn scratch(&self, query: &NeighbourQuery) -> NeighbourScratch {
+        let shape = self.plan.shape;
+        let (height, width) = (shape.height, shape.width);
+        let positions = shape.positions();
+        let zeros = |len: usize| vec![[0.0; LANES]; len];
+        NeighbourScratch {
+            query: query.scaled.clone(),
+            query_norms: query.norms.clone(),
+            image: Aligned::zeros((height + 2) * (width + 2)),
+            squares: Aligned::zeros((height + 1) * (width + 1)),
+            cross: Aligned::zeros((height + 1) * (width + 1)),
+            along: zeros(height.max(width) + 1),
+            window_squares: Aligned::zeros(width + 1),
+            window_cross: Aligned::zeros(width + 1),
+            row_back: zeros(height),
+            row_forward: zeros(height),
+            col_back: zeros(width),
+            col_forward: zeros(width),
+            diagonals: [[0.0; LANES]; 4],
+            positions: (0..positions as u32).collect(),
+            listed: vec![0; positions],
+            distances: zeros(positions),
+            values: vec![[0.0; LANES]; positions],
+            pending: vec![0; positions],
+            state: LaneState::new(positions, 1),
+        }
+    }
+
+    /// Adds the candidates of every image in `images` to `posterior`.
+    pub fn run<'i>(
+        &self,
+        images: impl Iterator<Item = &'i [f32]>,
+        scratch: &mut NeighbourScratch,
+        posterior: &mut PartialPosterior,
+    ) {
+        match self.isa {
+            // SAFETY: `Isa::detected` gives a level only where the CPU
+            // supports it, and the levels a job is built with come from it
+            // or from `Isa::available`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::run_avx512(self, images, scratch, posterior) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::run_avx2(self, images, scratch, posterior) },
+            _ => run_with::<Portable>(self, images, scratch, posterior),
+        }
+    }
+}
+
+#[inline(always)]
+fn run_with<'i, V: Vector>(
+    job: &NeighbourJob<'_>,
+    images: impl Iterator<Item = &'i [f32]>,
+    scratch: &mut NeighbourScratch,
+    posterior: &mut PartialPosterior,
+) {
+    let mut group: [&[f32]; LANES] = [&[]; LANES];
+    let mut filled = 0;
+    let mut groups = 0;
+    let mut images = images.peekable();
+    while let Some(image) = images.next() {
+        group[filled] = image;
+        filled += 1;
+        if filled < LANES && images.peek().is_some() {
+            continue;
+        }
+        interleave::<V>(&mut scratch.image, &group[..filled], job.plan.shape.width);
+        sum_group::<V>(job, scratch);
+        add_group::<V>(job, scratch, filled);
+        filled = 0;
+        groups += 1;
+        if groups == job.route.fold_every {
+            scratch.state.fold_into(posterior, job.beta);
+            groups = 0;
+        }
+    }
+    if groups > 0 {
+        scratch.state.fold_into(posterior, job.beta);
+    }
+}
+
+/// Writes the images of `group` into the lanes of `image` inside its
+/// border, zeros into the lanes past them.
+#[inline(always)]
+fn interleave<V: Vector>(image: &mut [Lanes], group: &[&[f32]], width: usize) {
+    let stride = width + 2;
+    let height = image.len() / stride - 2;
+    let flat = image.as_flattened_mut();
+    for r in 0..height {
+        let out = &mut flat[((r + 1) * stride + 1) * LANES..][..width * LANES];
+        interleave_row::<V>(
+            out,
+            group.iter().map(|values| &values[r * width..][..width]),
+        );
+    }
+}
+
+/// The pass over the training pixels: the summed-area tables of `p^2`
+/// and `2 a q p`, and the sums of the eight displacements of one pixel.
+#[inline(always)]
+fn sum_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch) {
+    let shape = job.plan.shape;
+    let (height, width) = (shape.height, shape.width);
+    let stride = width + 2;
+    let NeighbourScratch {
+        query,
+        image,
+        squares,
+        cross,
+        row_back,
+        row_forward,
+        col_back,
+        col_forward,
+        diagonals,
+        ..
+    } = scratch;
+    let zero = V::Wide::splat(0.0);
+    col_back.fill([0.0; LANES]);
+    col_forward.fill([0.0; LANES]);
+    let mut corners = [zero; 4];
+    let col_back = &mut col_back[..width];
+    let col_forward = &mut col_forward[..width];
+    let table = width + 1;
+    for r in 0..height {
+        let values = &image[(r + 1) * stride + 1..][..width];
+        // Query rows r - 1, r and r + 1, each from one column left.
+        let up = &query[r * stride..][..stride];
+        let mid = &query[(r + 1) * stride..][..stride];
+        let down = &query[(r + 2) * stride..][..stride];
+        let (above, below) = squares.split_at_mut((r + 1) * table);
+        let (squares_above, squares_here) =
+            (&above[r * table + 1..][..width], &mut below[1..][..width]);
+        let (above, below) = cross.split_at_mut((r + 1) * table);
+        let (cross_above, cross_here) =
+            (&above[r * table + 1..][..width], &mut below[1..][..width]);
+        let (mut square_row, mut cross_row) = (zero, zero);
+        let (mut forward, mut back) = (zero, zero);
+        let mut diagonal = [zero; 4];
+        for c in 0..width {
+            let p = V::Wide::load_widened(&values[c]);
+            square_row = p.mul_add(p, square_row);
+            cross_row = V::Wide::splat(mid[c + 1]).mul_add(p, cross_row);
+            square_row
+                .add(V::Wide::load(&squares_above[c]))
+                .store(&mut squares_here[c]);
+            cross_row
+                .add(V::Wide::load(&cross_above[c]))
+                .store(&mut cross_here[c]);
+            // q(z) p(z + delta) with z = (r, c) - delta.
+            forward = V::Wide::splat(mid[c]).mul_add(p, forward);
+            back = V::Wide::splat(mid[c + 2]).mul_add(p, back);
+            V::Wide::splat(up[c + 1])
+                .mul_add(p, V::Wide::load(&col_forward[c]))
+                .store(&mut col_forward[c]);
+            V::Wide::splat(down[c + 1])
+                .mul_add(p, V::Wide::load(&col_back[c]))
+                .store(&mut col_back[c]);
+            diagonal[0] = V::Wide::splat(down[c + 2]).mul_add(p, diagonal[0]);
+            diagonal[1] = V::Wide::splat(down[c]).mul_add(p, diagonal[1]);
+            diagonal[2] = V::Wide::splat(up[c + 2]).mul_add(p, diagonal[2]);
+            diagonal[3] = V::Wide::splat(up[c]).mul_add(p, diagonal[3]);
+        }
+        forward.store(&mut row_forward[r]);
+        back.store(&mut row_back[r]);
+        for (corner, row) in corners.iter_mut().zip(diagonal) {
+            *corner = corner.add(row);
+        }
+    }
+    for (out, corner) in diagonals.iter_mut().zip(corners) {
+        corner.store(out);
+    }
+}
+
+/// The sum over rows `rows` and columns `cols` of a summed-area table
+/// `width + 1` entries wide.
+#[inline(always)]
+fn window_sum<V: Vector>(
+    table: &[WideLanes],
+    width: usize,
+    (top, bottom): (usize, usize),
+    (left, right): (usize, usize),
+) -> V::Wide {
+    let (upper, lower) = (&table[top * (width + 1)..], &table[bottom * (width + 1)..]);
+    let right_part = V::Wide::load(&lower[right]).sub(V::Wide::load(&upper[right]));
+    let left_part = V::Wide::load(&lower[left]).sub(V::Wide::load(&upper[left]));
+    right_part.sub(left_part)
+}
+
+/// The window norms `A(y)` from the summed-area table of `p^2`.
+struct Norms<'a, V: Vector> {
+    squares: &'a [WideLanes],
+    route: &'a NeighbourPlan,
+    width: usize,
+    squared_signal: V::Wide,
+    /// [`NOT_A_CANDIDATE`] in the lanes that hold no image.
+    empty: V::Wide,
+}
+
+impl<V: Vector> Norms<'_, V> {
+    /// `A(y)` at centre `(row, col)`.
+    #[inline(always)]
+    fn at(&self, row: usize, col: usize) -> V::Wide {
+        let (rows, cols) = (self.route.rows.windows[row], self.route.cols.windows[col]);
+        window_sum::<V>(self.squares, self.width, rows, cols)
+            .mul_add(self.squared_signal, self.empty)
+    }
+}
+
+/// Turns the sums of [`sum_group`] into distances and adds the
+/// candidates, displacement by displacement: `(0, 0)` row by row, then
+/// those of one pixel.
+#[inline(always)]
+fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, filled: usize) {
+    let route = job.route;
+    let shape = job.plan.shape;
+    let (height, width) = (shape.height, shape.width);
+    let stride = width + 2;
+    let NeighbourScratch {
+        query_norms,
+        image,
+        squares,
+        cross,
+        along,
+        window_squares,
+        window_cross,
+        row_back,
+        row_forward,
+        col_back,
+        col_forward,
+        diagonals,
+        positions,
+        listed,
+        distances,
+        values,
+        pending,
+        state,
+        ..
+    } = scratch;
+    let zero = V::Wide::splat(0.0);
+    let squared_signal = V::Wide::splat(job.signal * job.signal);
+    // Lanes without an image are no candidate.
+    let mut empty = [0.0; LANES];
+    empty[filled..].fill(NOT_A_CANDIDATE);
+    let empty = V::Wide::load(&empty);
+    // `A(y) = a^2 sum p^2` over the window of `y`.
+    let norms = Norms::<V> {
+        squares,
+        route,
+        width,
+        squared_signal,
+        empty,
+    };
+
+    // Displacement (0, 0), one output row at a time: the sums of the
+    // window's rows over every run of columns from the first are table
+    // row `hi` less table row `lo` (zero where `lo` is 0).
+    let table = width + 1;
+    for i in 0..height {
+        let (lo, hi) = route.rows.windows[i];
+        let (squares_bottom, cross_bottom) = (
+            &squares[hi * table..][..table],
+            &cross[hi * table..][..table],
+        );
+        let (row_squares, row_cross): (&[WideLanes], &[WideLanes]) = if lo == 0 {
+            (squares_bottom, cross_bottom)
+        } else {
+            let (squares_top, cross_top) = (
+                &squares[lo * table..][..table],
+                &cross[lo * table..][..table],
+            );
+            for c in 0..table {
+                V::Wide::load(&squares_bottom[c])
+                    .sub(V::Wide::load(&squares_top[c]))
+                    .store(&mut window_squares[c]);
+                V::Wide::load(&cross_bottom[c])
+                    .sub(V::Wide::load(&cross_top[c]))
+                    .store(&mut window_cross[c]);
+            }
+            (&window_squares[..table], &window_cross[..table])
+        };
+        let query_row = &query_norms[i * width..][..width];
+        let distances_row = &mut distances[..width];
+        let windows = &route.cols.windows[..width];
+        for ((&q, out), &(left, right)) in
+            query_row.iter().zip(distances_row.iter_mut()).zip(windows)
+        {
+            let norm = V::Wide::load(&row_squares[right])
+                .sub(V::Wide::load(&row_squares[left]))
+                .mul_add(squared_signal, empty);
+            let cross = V::Wide::load(&row_cross[right]).sub(V::Wide::load(&row_cross[left]));
+            V::Wide::splat(q).add(norm).sub(cross).store(out);
+        }
+        add_listed_with::<V>(
+            job.beta,
+            &positions[i * width..][..width],
+            distances_row,
+            &image[(i + 1) * stride + 1..][..width],
+            state,
+            pending,
+        );
+    }
+
+    // The displacements of one pixel: their cross terms are sums over
+    // the output pixel's window along one axis (running sums of the row
+    // or column sums) or over none (diagonals).
+    for (dr, dc) in [
+        (0, -1),
+        (0, 1),
+        (-1, 0),
+        (1, 0),
+        (-1, -1),
+        (-1, 1),
+        (1, -1),
+        (1, 1),
+    ] {
+        let (row_takers, col_takers) = (route.rows.takers(dr), route.cols.takers(dc));
+        if row_takers.is_empty() || col_takers.is_empty() {
+            continue;
+        }
+        // Running sums of the windowed axis.
+        let sums: &[WideLanes] = match (dr, dc) {
+            (0, _) if dc < 0 => &row_back[..height],
+            (0, _) => &row_forward[..height],
+            (_, 0) if dr < 0 => &col_back[..width],
+            (_, 0) => &col_forward[..width],
+            _ => &[],
+        };
+        let mut sum = zero;
+        along[0] = [0.0; LANES];
+        for (out, s) in along[1..].iter_mut().zip(sums) {
+            sum = sum.add(V::Wide::load(s));
+            sum.store(out);
+        }
+        let diagonal = diagonals[usize::from(dr > 0) * 2 + usize::from(dc > 0)];
+        let mut count = 0;
+        for n in row_takers.clone() {
+            let i = route.rows.taker(dr, n);
+            for m in col_takers.clone() {
+                let j = route.cols.taker(dc, m);
+                let (lo, hi) = match (dr, dc) {
+                    (0, _) => route.rows.windows[i],
+                    (_, 0) => route.cols.windows[j],
+                    _ => (0, 0),
+                };
+                let cross = if dr == 0 || dc == 0 {
+                    V::Wide::load(&along[hi]).sub(V::Wide::load(&along[lo]))
+                } else {
+                    V::Wide::load(&diagonal)
+                };
+                let (y_row, y_col) = ((i as isize + dr) as usize, (j as isize + dc) as usize);
+                V::Wide::splat(query_norms[i * width + j])
+                    .add(norms.at(y_row, y_col))
+                    .sub(cross)
+                    .store(&mut distances[count]);
+                listed[count] = (i * width + j) as u32;
+                values[count] = image[(y_row + 1) * stride + y_col + 1];
+                count += 1;
+            }
+        }
+        add_listed_with::<V>(
+            job.beta,
+            &listed[..count],
+            &distances[..count],
+            &values[..count],
+            state,
+            pending,
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use crate::machine::fast::avx2::Avx;
+    use crate::machine::fast::avx512::Avx512;
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2<'i>(
+        job: &NeighbourJob<'_>,
+        images: impl Iterator<Item = &'i [f32]>,
+        scratch: &mut NeighbourScratch,
+        posterior: &mut PartialPosterior,
+    ) {
+        run_with::<Avx>(job, images, scratch, posterior);
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn run_avx512<'i>(
+        job: &NeighbourJob<'_>,
+        images: impl Iterator<Item = &'i [f32]>,
+        scratch: &mut NeighbourScratch,
+        posterior: &mut PartialPosterior,
+    ) {
+        run_with::<Avx512>(job, images, scratch, posterior);
+    }
+}
