@@ -184,8 +184,7 @@ pub(crate) struct NeighbourQuery {
 pub(crate) struct NeighbourScratch {
     query: Vec<f64>,
     query_norms: Vec<f64>,
-    /// The eight images of a group, interleaved value by value, with a
-    /// border of one zero.
+    /// The eight images of a group, interleaved value by value.
     image: Aligned<Lanes>,
     /// Summed-area tables of `p^2` and `2 a q p`: entry `(i, j)` of the
     /// `(H + 1) x (W + 1)` table is the sum over image rows `0 .. i` and
@@ -248,7 +247,7 @@ impl NeighbourJob<'_> {
         NeighbourScratch {
             query: query.scaled.clone(),
             query_norms: query.norms.clone(),
-            image: Aligned::zeros((height + 2) * (width + 2)),
+            image: Aligned::zeros(positions),
             squares: Aligned::zeros((height + 1) * (width + 1)),
             cross: Aligned::zeros((height + 1) * (width + 1)),
             along: zeros(height.max(width) + 1),
@@ -305,7 +304,7 @@ fn run_with<'i, V: Vector>(
         if filled < LANES && images.peek().is_some() {
             continue;
         }
-        interleave::<V>(&mut scratch.image, &group[..filled], job.plan.shape.width);
+        interleave::<V>(&mut scratch.image, &group[..filled]);
         sum_group::<V>(job, scratch);
         add_group::<V>(job, scratch, filled);
         filled = 0;
@@ -320,20 +319,16 @@ fn run_with<'i, V: Vector>(
     }
 }
 
-/// Writes the images of `group` into the lanes of `image` inside its
-/// border, zeros into the lanes past them.
+/// Writes the images of `group` into the lanes of `image`, zeros into the
+/// lanes past them: as one run of `H W` values, eight values of each
+/// image at a time (`H W` is a multiple of eight on most image sets).
 #[inline(always)]
-fn interleave<V: Vector>(image: &mut [Lanes], group: &[&[f32]], width: usize) {
-    let stride = width + 2;
-    let height = image.len() / stride - 2;
-    let flat = image.as_flattened_mut();
-    for r in 0..height {
-        let out = &mut flat[((r + 1) * stride + 1) * LANES..][..width * LANES];
-        interleave_row::<V>(
-            out,
-            group.iter().map(|values| &values[r * width..][..width]),
-        );
-    }
+fn interleave<V: Vector>(image: &mut [Lanes], group: &[&[f32]]) {
+    let len = image.len();
+    interleave_row::<V>(
+        image.as_flattened_mut(),
+        group.iter().map(|values| &values[..len]),
+    );
 }
 
 /// The pass over the training pixels: the summed-area tables of `p^2`
@@ -363,7 +358,7 @@ fn sum_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch) 
     let col_forward = &mut col_forward[..width];
     let table = width + 1;
     for r in 0..height {
-        let values = &image[(r + 1) * stride + 1..][..width];
+        let values = &image[r * width..][..width];
         // Query rows r - 1, r and r + 1, each from one column left.
         let up = &query[r * stride..][..stride];
         let mid = &query[(r + 1) * stride..][..stride];
@@ -377,29 +372,43 @@ fn sum_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch) 
         let (mut square_row, mut cross_row) = (zero, zero);
         let (mut forward, mut back) = (zero, zero);
         let mut diagonal = [zero; 4];
-        for c in 0..width {
-            let p = V::Wide::load_widened(&values[c]);
+        // The query values around column c: `[c - 1, c, c + 1]` of each
+        // row, as three-value windows (no index to check).
+        let around = up.windows(3).zip(mid.windows(3)).zip(down.windows(3));
+        let tables = squares_above
+            .iter()
+            .zip(squares_here.iter_mut())
+            .zip(cross_above.iter().zip(cross_here.iter_mut()));
+        let columns = col_forward.iter_mut().zip(col_back.iter_mut());
+        for ((((value, ((up, mid), down)), tables), columns), _) in values
+            .iter()
+            .zip(around)
+            .zip(tables)
+            .zip(columns)
+            .zip(0..width)
+        {
+            let ((squares_above, squares_here), (cross_above, cross_here)) = tables;
+            let (col_forward, col_back) = columns;
+            let p = V::Wide::load_widened(value);
             square_row = p.mul_add(p, square_row);
-            cross_row = V::Wide::splat(mid[c + 1]).mul_add(p, cross_row);
+            cross_row = V::Wide::splat(mid[1]).mul_add(p, cross_row);
             square_row
-                .add(V::Wide::load(&squares_above[c]))
-                .store(&mut squares_here[c]);
-            cross_row
-                .add(V::Wide::load(&cross_above[c]))
-                .store(&mut cross_here[c]);
+                .add(V::Wide::load(squares_above))
+                .store(squares_here);
+            cross_row.add(V::Wide::load(cross_above)).store(cross_here);
             // q(z) p(z + delta) with z = (r, c) - delta.
-            forward = V::Wide::splat(mid[c]).mul_add(p, forward);
-            back = V::Wide::splat(mid[c + 2]).mul_add(p, back);
-            V::Wide::splat(up[c + 1])
-                .mul_add(p, V::Wide::load(&col_forward[c]))
-                .store(&mut col_forward[c]);
-            V::Wide::splat(down[c + 1])
-                .mul_add(p, V::Wide::load(&col_back[c]))
-                .store(&mut col_back[c]);
-            diagonal[0] = V::Wide::splat(down[c + 2]).mul_add(p, diagonal[0]);
-            diagonal[1] = V::Wide::splat(down[c]).mul_add(p, diagonal[1]);
-            diagonal[2] = V::Wide::splat(up[c + 2]).mul_add(p, diagonal[2]);
-            diagonal[3] = V::Wide::splat(up[c]).mul_add(p, diagonal[3]);
+            forward = V::Wide::splat(mid[0]).mul_add(p, forward);
+            back = V::Wide::splat(mid[2]).mul_add(p, back);
+            V::Wide::splat(up[1])
+                .mul_add(p, V::Wide::load(col_forward))
+                .store(col_forward);
+            V::Wide::splat(down[1])
+                .mul_add(p, V::Wide::load(col_back))
+                .store(col_back);
+            diagonal[0] = V::Wide::splat(down[2]).mul_add(p, diagonal[0]);
+            diagonal[1] = V::Wide::splat(down[0]).mul_add(p, diagonal[1]);
+            diagonal[2] = V::Wide::splat(up[2]).mul_add(p, diagonal[2]);
+            diagonal[3] = V::Wide::splat(up[0]).mul_add(p, diagonal[3]);
         }
         forward.store(&mut row_forward[r]);
         back.store(&mut row_back[r]);
@@ -455,7 +464,6 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
     let route = job.route;
     let shape = job.plan.shape;
     let (height, width) = (shape.height, shape.width);
-    let stride = width + 2;
     let NeighbourScratch {
         query_norms,
         image,
@@ -535,7 +543,7 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
             job.beta,
             &positions[i * width..][..width],
             distances_row,
-            &image[(i + 1) * stride + 1..][..width],
+            &image[i * width..][..width],
             state,
             pending,
         );
@@ -594,7 +602,7 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
                     .sub(cross)
                     .store(&mut distances[count]);
                 listed[count] = (i * width + j) as u32;
-                values[count] = image[(y_row + 1) * stride + y_col + 1];
+                values[count] = image[y_row * width + y_col];
                 count += 1;
             }
         }
