@@ -333,6 +333,49 @@ fn random_images_f32_agree_with_reference() {
     random_images_agree::<f32>(TOLERANCE_F32);
 }
 
+/// Zero-padded windows one line short of the image along one or both
+/// axes (`k = H - 1`), where bbELS compares each output pixel with
+/// candidates at most one pixel away and the `f32` machine takes one pass
+/// per training image: with a partial group of eight images, with whole
+/// and partial groups, and on a rectangular image whose columns fit the
+/// window whole.
+fn windows_one_line_short_agree<T: Real>(tolerance: f64) {
+    let mut tally = Tally::default();
+    let cases = [
+        (random_case(1, 10, 10, 5, 21), 9),
+        (random_case(1, 10, 10, 44, 22), 9),
+        (random_case(1, 12, 9, 19, 23), 11),
+        (random_case(1, 6, 6, 16, 24), 5),
+    ];
+    for (case, side) in cases {
+        let training = TrainingSet::new(case.shape, narrowed::<T>(&case.training), None).unwrap();
+        for (q, source) in case.sources.iter().enumerate() {
+            for (i, &t) in TIMES.iter().enumerate() {
+                let x = Image::from_vec(case.shape, narrowed(&noised(source, t, 400 + i as u64)))
+                    .unwrap();
+                let label = format!("{} query {q}", case.label);
+                compare_all(
+                    &mut tally,
+                    &label,
+                    &training,
+                    &x,
+                    t,
+                    &[Kind::EquivariantLocalZeroPadded],
+                    &[side],
+                    tolerance,
+                );
+            }
+        }
+    }
+    tally.finish(&format!("windows one line short, {}", T::NAME));
+}
+
+#[test]
+fn windows_one_line_short_agree_with_reference() {
+    windows_one_line_short_agree::<f64>(TOLERANCE_F64);
+    windows_one_line_short_agree::<f32>(TOLERANCE_F32);
+}
+
 /// Number of MNIST training digits (test rows `0..N`).
 const MNIST_TRAINING: usize = 20;
 /// Held-out digits noised into queries.
@@ -602,6 +645,9 @@ fn mnist_digits_f32_agree_with_reference() {
             // Cross terms by Fourier transforms, at low and high noise.
             mnist_case(0.05, 27, 1, &[Els]),
             mnist_case(0.8, 25, 0, &[Els]),
+            // Zero-padded windows one line short: one pass per image.
+            mnist_case(0.3, 27, 0, &[BbEls]),
+            mnist_case(0.9, 27, 1, &[BbEls]),
         ],
     );
 }

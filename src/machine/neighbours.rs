@@ -294,20 +294,17 @@ fn run_with<'i, V: Vector>(
     scratch: &mut NeighbourScratch,
     posterior: &mut PartialPosterior,
 ) {
-    let mut group: [&[f32]; LANES] = [&[]; LANES];
-    let mut filled = 0;
+    let images: Vec<&[f32]> = images.collect();
     let mut groups = 0;
-    let mut images = images.peekable();
-    while let Some(image) = images.next() {
-        group[filled] = image;
-        filled += 1;
-        if filled < LANES && images.peek().is_some() {
-            continue;
+    for (g, group) in images.chunks(LANES).enumerate() {
+        // The next group's images, fetched into the cache while this
+        // group is summed.
+        if let Some(next) = images.get((g + 1) * LANES..) {
+            prefetch(&next[..next.len().min(LANES)]);
         }
-        interleave::<V>(&mut scratch.image, &group[..filled]);
+        interleave::<V>(&mut scratch.image, group);
         sum_group::<V>(job, scratch);
-        add_group::<V>(job, scratch, filled);
-        filled = 0;
+        add_group::<V>(job, scratch, group.len());
         groups += 1;
         if groups == job.route.fold_every {
             scratch.state.fold_into(posterior, job.beta);
@@ -317,6 +314,25 @@ fn run_with<'i, V: Vector>(
     if groups > 0 {
         scratch.state.fold_into(posterior, job.beta);
     }
+}
+
+/// Asks the processor to fetch `images` into its caches.
+#[inline(always)]
+fn prefetch(images: &[&[f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    for image in images {
+        for line in image.chunks(16) {
+            // SAFETY: a prefetch only hints the cache; the address is
+            // inside `image`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    line.as_ptr().cast(),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = images;
 }
 
 /// Writes the images of `group` into the lanes of `image`, zeros into the
@@ -504,6 +520,9 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
     // window's rows over every run of columns from the first are table
     // row `hi` less table row `lo` (zero where `lo` is 0).
     let table = width + 1;
+    let (squares, cross): (&[WideLanes], &[WideLanes]) = (squares, cross);
+    let window_squares = &mut window_squares[..table];
+    let window_cross = &mut window_cross[..table];
     for i in 0..height {
         let (lo, hi) = route.rows.windows[i];
         let (squares_bottom, cross_bottom) = (
@@ -517,15 +536,20 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
                 &squares[lo * table..][..table],
                 &cross[lo * table..][..table],
             );
-            for c in 0..table {
-                V::Wide::load(&squares_bottom[c])
-                    .sub(V::Wide::load(&squares_top[c]))
-                    .store(&mut window_squares[c]);
-                V::Wide::load(&cross_bottom[c])
-                    .sub(V::Wide::load(&cross_top[c]))
-                    .store(&mut window_cross[c]);
+            let bottom = squares_bottom.iter().zip(cross_bottom);
+            let top = squares_top.iter().zip(cross_top);
+            let out = window_squares.iter_mut().zip(window_cross.iter_mut());
+            for (((squares_bottom, cross_bottom), (squares_top, cross_top)), (squares, cross)) in
+                bottom.zip(top).zip(out)
+            {
+                V::Wide::load(squares_bottom)
+                    .sub(V::Wide::load(squares_top))
+                    .store(squares);
+                V::Wide::load(cross_bottom)
+                    .sub(V::Wide::load(cross_top))
+                    .store(cross);
             }
-            (&window_squares[..table], &window_cross[..table])
+            (window_squares, window_cross)
         };
         let query_row = &query_norms[i * width..][..width];
         let distances_row = &mut distances[..width];
@@ -647,5 +671,173 @@ mod x86 {
         posterior: &mut PartialPosterior,
     ) {
         run_with::<Avx512>(job, images, scratch, posterior);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::equivariance::{PeriodicInterior, ZeroPadded};
+    use crate::image::Shape;
+    use crate::locality::Patch;
+    use crate::machine::fast::{LaneJob, LanePlan};
+    use crate::machine::spectral::tests::{plan, values};
+
+    fn square(side: usize) -> Patch {
+        let r = side / 2;
+        Patch::offsets(r, r, r, r)
+    }
+
+    #[test]
+    fn the_route_takes_zero_padded_windows_one_line_short() {
+        let mnist = Shape::new(1, 28, 28).unwrap();
+        let route = choose(&plan(mnist, &square(27), &ZeroPadded)).unwrap();
+        // The two middle rows: 13 takes row 14 too, 14 takes row 13.
+        assert_eq!(
+            (route.rows.forward.clone(), route.rows.back.clone()),
+            (vec![13], vec![14])
+        );
+        assert_eq!(
+            (route.cols.forward.clone(), route.cols.back.clone()),
+            (vec![13], vec![14])
+        );
+        assert_eq!(route.rows.windows[0], (0, 14));
+        assert_eq!(route.rows.windows[13], (0, 27));
+        assert_eq!(route.rows.windows[14], (1, 28));
+        assert_eq!(route.rows.windows[27], (14, 28));
+        assert_eq!(route.fold_every, fast::FOLD_EVERY);
+        // Two lines short: displacements of two pixels.
+        assert!(choose(&plan(mnist, &square(25), &ZeroPadded)).is_none());
+        // Periodic queries, and windows that leave every pixel its own
+        // location only (the image's side, or more).
+        assert!(choose(&plan(mnist, &square(27), &PeriodicInterior)).is_none());
+        assert!(choose(&plan(mnist, &square(29), &ZeroPadded)).is_none());
+        let odd = Shape::new(1, 27, 27).unwrap();
+        assert!(choose(&plan(odd, &square(27), &ZeroPadded)).is_none());
+        // One line short along the rows only.
+        let tall = Shape::new(1, 12, 9).unwrap();
+        let route = choose(&plan(tall, &square(11), &ZeroPadded)).unwrap();
+        assert!(route.rows.shifts() && !route.cols.shifts());
+        // More than one channel takes the lanes.
+        let colour = Shape::new(3, 28, 28).unwrap();
+        assert!(choose(&plan(colour, &square(27), &ZeroPadded)).is_none());
+        assert_eq!(
+            rounding_steps(&plan(mnist, &square(27), &ZeroPadded)),
+            317_520.0
+        );
+    }
+
+    /// The posterior and nearest distances of the route, on instruction
+    /// set `isa`, folding every `fold` groups.
+    fn run(
+        plan: &Plan,
+        images: &[f32],
+        query: &[f32],
+        isa: Isa,
+        fold: Option<usize>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (signal, beta) = (0.8, 2.5);
+        let mut route = choose(plan).expect("windows one line short");
+        if let Some(fold) = fold {
+            route.fold_every = fold;
+        }
+        let job = NeighbourJob {
+            plan,
+            route: &route,
+            signal,
+            beta,
+            isa,
+        };
+        let mut scratch = job.scratch(&job.query(query));
+        let mut posterior = PartialPosterior::new(plan.shape, beta);
+        job.run(
+            images.chunks_exact(plan.shape.len()),
+            &mut scratch,
+            &mut posterior,
+        );
+        let image = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
+        (image, posterior.min_distances().to_vec())
+    }
+
+    /// The same from the general lane kernel, with residual sums.
+    fn lanes(plan: &Plan, images: &[f32], query: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (signal, beta) = (0.8, 2.5);
+        let count = images.len() / plan.shape.len();
+        let lanes = LanePlan::new(plan, count);
+        let job = LaneJob {
+            plan,
+            lanes: &lanes,
+            signal,
+            beta,
+            cross: false,
+            isa: Isa::detected(),
+        };
+        let mut scratch = job.scratch(&job.query(query));
+        let mut posterior = PartialPosterior::new(plan.shape, beta);
+        job.run(
+            images.chunks_exact(plan.shape.len()),
+            &mut scratch,
+            &mut posterior,
+        );
+        let image = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
+        (image, posterior.min_distances().to_vec())
+    }
+
+    fn close(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= tolerance * w.abs().max(1.0),
+                "{what}: {g} against {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_route_agrees_with_the_lanes() {
+        let cases = [
+            (Shape::new(1, 10, 10).unwrap(), square(9)),
+            (Shape::new(1, 12, 9).unwrap(), square(11)),
+            (Shape::new(1, 7, 12).unwrap(), square(11)),
+            (Shape::new(1, 6, 8).unwrap(), Patch::offsets(2, 2, 3, 3)),
+            (Shape::new(1, 6, 7).unwrap(), Patch::offsets(3, 1, 2, 3)),
+            (Shape::new(1, 28, 28).unwrap(), square(27)),
+        ];
+        let mut checked = 0;
+        for (case, (shape, patch)) in cases.iter().enumerate() {
+            let plan = plan(*shape, patch, &ZeroPadded);
+            for count in [1, 7, 8, 13, 40] {
+                let seed = 100 * case as u64 + count as u64;
+                let images: Vec<f32> = values(count * shape.len(), seed)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let query: Vec<f32> = values(shape.len(), seed + 1)
+                    .iter()
+                    .map(|&v| 1.3 * v as f32)
+                    .collect();
+                let what = format!("{shape} {patch:?} {count} images");
+                let (want, want_nearest) = lanes(&plan, &images, &query);
+                let (got, nearest) = run(&plan, &images, &query, Isa::detected(), None);
+                close(&got, &want, 2e-6, &what);
+                close(&nearest, &want_nearest, 1e-9, &what);
+                // Folding after every group changes only the rounding.
+                let (folded, _) = run(&plan, &images, &query, Isa::detected(), Some(1));
+                close(&folded, &got, 1e-6, &what);
+                // Every instruction set: the vector ones to the bit, the
+                // portable one (without fused multiply-adds) to the
+                // rounding of `f32`.
+                for isa in Isa::available() {
+                    let (other, _) = run(&plan, &images, &query, isa, None);
+                    if isa > Isa::Portable && Isa::detected() > Isa::Portable {
+                        assert_eq!(other, got, "{what} {isa:?}");
+                    } else {
+                        close(&other, &got, 1e-5, &format!("{what} {isa:?}"));
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 30);
     }
 }
