@@ -294,17 +294,20 @@ fn run_with<'i, V: Vector>(
     scratch: &mut NeighbourScratch,
     posterior: &mut PartialPosterior,
 ) {
-    let images: Vec<&[f32]> = images.collect();
+    let mut group: [&[f32]; LANES] = [&[]; LANES];
+    let mut filled = 0;
     let mut groups = 0;
-    for (g, group) in images.chunks(LANES).enumerate() {
-        // The next group's images, fetched into the cache while this
-        // group is summed.
-        if let Some(next) = images.get((g + 1) * LANES..) {
-            prefetch(&next[..next.len().min(LANES)]);
+    let mut images = images.peekable();
+    while let Some(image) = images.next() {
+        group[filled] = image;
+        filled += 1;
+        if filled < LANES && images.peek().is_some() {
+            continue;
         }
-        interleave::<V>(&mut scratch.image, group);
+        interleave::<V>(&mut scratch.image, &group[..filled]);
         sum_group::<V>(job, scratch);
-        add_group::<V>(job, scratch, group.len());
+        add_group::<V>(job, scratch, filled);
+        filled = 0;
         groups += 1;
         if groups == job.route.fold_every {
             scratch.state.fold_into(posterior, job.beta);
@@ -314,25 +317,6 @@ fn run_with<'i, V: Vector>(
     if groups > 0 {
         scratch.state.fold_into(posterior, job.beta);
     }
-}
-
-/// Asks the processor to fetch `images` into its caches.
-#[inline(always)]
-fn prefetch(images: &[&[f32]]) {
-    #[cfg(target_arch = "x86_64")]
-    for image in images {
-        for line in image.chunks(16) {
-            // SAFETY: a prefetch only hints the cache; the address is
-            // inside `image`.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    line.as_ptr().cast(),
-                )
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = images;
 }
 
 /// Writes the images of `group` into the lanes of `image`, zeros into the
