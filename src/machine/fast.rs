@@ -901,42 +901,48 @@ pub(crate) fn add_listed_with<V: Vector>(
     state: &mut LaneState,
     pending: &mut [u32],
 ) {
-    debug_assert_eq!(state.channels, 1, "one value per lane");
-    let step = Step::<V> {
-        beta: V::Wide::splat(beta * std::f64::consts::LOG2_E),
-        natural_beta: beta,
-        negligible: NEGLIGIBLE as f64 / beta,
-        add_penalty: false,
-    };
+    let step = Step::<V>::one_channel(beta, state);
     let zero = V::Wide::splat(0.0);
     let no_penalty = [0.0; LANES];
-    let LaneState {
-        reference,
-        nearest,
-        normaliser,
-        sums,
-        ..
-    } = state;
     let len = positions.len();
-    let (distances, values) = (&distances[..len], &values[..len]);
+    let distances = &distances[..len];
     let mut kept = 0;
     for (i, (&p, d)) in positions.iter().zip(distances).enumerate() {
         let distance = V::Wide::load(d).max(zero);
         pending[kept] = i as u32;
-        kept += usize::from(step.reaches(distance, &no_penalty, reference[p as usize]));
+        kept += usize::from(step.reaches(distance, &no_penalty, state.reference[p as usize]));
     }
-    for &i in &pending[..kept] {
-        let i = i as usize;
-        let p = positions[i] as usize;
-        let pixel = PixelState {
-            reference: &mut reference[p],
-            nearest: &mut nearest[p],
-            normaliser: &mut normaliser[p],
-            sums: std::slice::from_mut(&mut sums[p]),
-        };
-        let distance = V::Wide::load(&distances[i]).max(zero);
-        step.add_reached(distance, pixel, |_| V::load(&values[i]));
+    step.add_pending(
+        &pending[..kept],
+        |i| positions[i] as usize,
+        distances,
+        values,
+        state,
+    );
+}
+
+/// [`add_listed_with`] for the run of positions `first ..` (as many as
+/// `distances`).
+#[inline(always)]
+pub(crate) fn add_run_with<V: Vector>(
+    beta: f64,
+    first: usize,
+    distances: &[WideLanes],
+    values: &[Lanes],
+    state: &mut LaneState,
+    pending: &mut [u32],
+) {
+    let step = Step::<V>::one_channel(beta, state);
+    let zero = V::Wide::splat(0.0);
+    let no_penalty = [0.0; LANES];
+    let references = &state.reference[first..first + distances.len()];
+    let mut kept = 0;
+    for (i, (d, &m)) in distances.iter().zip(references).enumerate() {
+        let distance = V::Wide::load(d).max(zero);
+        pending[kept] = i as u32;
+        kept += usize::from(step.reaches(distance, &no_penalty, m));
     }
+    step.add_pending(&pending[..kept], |i| first + i, distances, values, state);
 }
 
 /// Eight `f32` lanes and the operations the kernel needs.
@@ -2439,6 +2445,52 @@ struct Step<V: Vector> {
 }
 
 impl<V: Vector> Step<V> {
+    /// The step of one-channel candidates without penalties, at `beta`.
+    #[inline(always)]
+    fn one_channel(beta: f64, state: &LaneState) -> Self {
+        debug_assert_eq!(state.channels, 1, "one value per lane");
+        Step {
+            beta: V::Wide::splat(beta * std::f64::consts::LOG2_E),
+            natural_beta: beta,
+            negligible: NEGLIGIBLE as f64 / beta,
+            add_penalty: false,
+        }
+    }
+
+    /// Adds the candidates `pending` lists (indices into `distances` and
+    /// `values`, at output position `position(i)`), which
+    /// [`Step::reaches`] has passed.
+    #[inline(always)]
+    fn add_pending(
+        self,
+        pending: &[u32],
+        position: impl Fn(usize) -> usize,
+        distances: &[WideLanes],
+        values: &[Lanes],
+        state: &mut LaneState,
+    ) {
+        let zero = V::Wide::splat(0.0);
+        let LaneState {
+            reference,
+            nearest,
+            normaliser,
+            sums,
+            ..
+        } = state;
+        for &i in pending {
+            let i = i as usize;
+            let p = position(i);
+            let pixel = PixelState {
+                reference: &mut reference[p],
+                nearest: &mut nearest[p],
+                normaliser: &mut normaliser[p],
+                sums: std::slice::from_mut(&mut sums[p]),
+            };
+            let distance = V::Wide::load(&distances[i]).max(zero);
+            self.add_reached(distance, pixel, |_| V::load(&values[i]));
+        }
+    }
+
     /// Whether some of eight candidates at `distance` (plus `penalty`
     /// where some lanes are none) may carry weight at a position whose
     /// reference is `reference`: whether some lane is at most

@@ -38,7 +38,7 @@
 //! softmax; [`rounding_steps`] bounds the rounding of the running sums.
 
 use super::fast::{self, LANES, LaneState, Lanes, NOT_A_CANDIDATE, Portable, Vector, Wide};
-use super::fast::{WideLanes, add_listed_with, interleave_row};
+use super::fast::{WideLanes, add_listed_with, add_run_with, interleave_row};
 use super::plan::{AxisPlan, Plan};
 use super::posterior::PartialPosterior;
 use super::simd::{Aligned, Isa};
@@ -116,6 +116,19 @@ impl AxisWindows {
     }
 }
 
+/// The displacements `(rows, columns)` other than `(0, 0)`, in the order
+/// their candidates are added.
+const SHIFTS: [(isize, isize); 8] = [
+    (0, -1),
+    (0, 1),
+    (-1, 0),
+    (1, 0),
+    (-1, -1),
+    (-1, 1),
+    (1, -1),
+    (1, 1),
+];
+
 /// At most this many groups of eight images between folds of the lane
 /// states into the posterior (fewer where a lane could pass
 /// [`fast::FOLD_TERMS`] terms at a pixel). Each fold costs an exponential
@@ -131,6 +144,17 @@ pub(crate) struct NeighbourPlan {
     /// Groups of eight images between folds of the lane states into the
     /// posterior.
     fold_every: usize,
+    /// The most candidates one displacement adds at a time: a row of
+    /// `(0, 0)`, or all of another displacement.
+    batch: usize,
+}
+
+impl NeighbourPlan {
+    /// The output pixels that take displacement `(dr, dc)`: `(rows, cols)`
+    /// counts.
+    fn takers(&self, dr: isize, dc: isize) -> (usize, usize) {
+        (self.rows.takers(dr).len(), self.cols.takers(dc).len())
+    }
 }
 
 /// The route for `plan`, if it applies: zero padding, one channel, and
@@ -149,9 +173,20 @@ pub(crate) fn choose(plan: &Plan) -> Option<NeighbourPlan> {
         return None;
     }
     let (most_rows, most_cols) = fast::most_candidates(plan);
-    Some(NeighbourPlan {
+    let mut route = NeighbourPlan {
         rows,
         cols,
+        fold_every: 0,
+        batch: shape.width,
+    };
+    for (dr, dc) in SHIFTS {
+        let (rows, cols) = route.takers(dr, dc);
+        route.batch = route.batch.max(rows * cols);
+    }
+    Some(NeighbourPlan {
+        batch: route.batch,
+        rows: route.rows,
+        cols: route.cols,
         fold_every: (fast::FOLD_TERMS / (most_rows * most_cols)).clamp(1, FOLD_GROUPS),
     })
 }
@@ -214,9 +249,8 @@ pub(crate) struct NeighbourScratch {
     col_back: Vec<WideLanes>,
     col_forward: Vec<WideLanes>,
     diagonals: [WideLanes; 4],
-    /// Every position `0 .. H W`, and room for the candidates of one
-    /// displacement: positions, distances, values, and the screening list.
-    positions: Vec<u32>,
+    /// Room for the candidates added at a time (`batch`): positions,
+    /// distances, values, and the screening list.
     listed: Vec<u32>,
     distances: Vec<WideLanes>,
     values: Vec<Lanes>,
@@ -250,6 +284,7 @@ impl NeighbourJob<'_> {
         let shape = self.plan.shape;
         let (height, width) = (shape.height, shape.width);
         let positions = shape.positions();
+        let batch = self.route.batch;
         let zeros = |len: usize| vec![[0.0; LANES]; len];
         NeighbourScratch {
             query: query.scaled.clone(),
@@ -265,11 +300,10 @@ impl NeighbourJob<'_> {
             col_back: zeros(width),
             col_forward: zeros(width),
             diagonals: [[0.0; LANES]; 4],
-            positions: (0..positions as u32).collect(),
-            listed: vec![0; positions],
-            distances: zeros(positions),
-            values: vec![[0.0; LANES]; positions],
-            pending: vec![0; positions],
+            listed: vec![0; batch],
+            distances: zeros(batch),
+            values: vec![[0.0; LANES]; batch],
+            pending: vec![0; batch],
             state: LaneState::new(positions, 1),
         }
     }
@@ -484,7 +518,6 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
         col_back,
         col_forward,
         diagonals,
-        positions,
         listed,
         distances,
         values,
@@ -554,9 +587,9 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
             let cross = V::Wide::load(&row_cross[right]).sub(V::Wide::load(&row_cross[left]));
             V::Wide::splat(q).add(norm).sub(cross).store(out);
         }
-        add_listed_with::<V>(
+        add_run_with::<V>(
             job.beta,
-            &positions[i * width..][..width],
+            i * width,
             distances_row,
             &image[i * width..][..width],
             state,
@@ -567,16 +600,7 @@ fn add_group<V: Vector>(job: &NeighbourJob<'_>, scratch: &mut NeighbourScratch, 
     // The displacements of one pixel: their cross terms are sums over
     // the output pixel's window along one axis (running sums of the row
     // or column sums) or over none (diagonals).
-    for (dr, dc) in [
-        (0, -1),
-        (0, 1),
-        (-1, 0),
-        (1, 0),
-        (-1, -1),
-        (-1, 1),
-        (1, -1),
-        (1, 1),
-    ] {
+    for (dr, dc) in SHIFTS {
         let (row_takers, col_takers) = (route.rows.takers(dr), route.cols.takers(dc));
         if row_takers.is_empty() || col_takers.is_empty() {
             continue;
