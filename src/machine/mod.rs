@@ -691,7 +691,7 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             );
             posterior
         };
-        self.reduce(rows, fast::chunk_len(rows.len()), kernel.beta, chunk)
+        self.reduce(rows, neighbours::chunk_len(rows.len()), kernel.beta, chunk)
     }
 
     /// Cross terms by Fourier transforms, per candidate centre (see

@@ -15,27 +15,33 @@
 //! ```
 //!
 //! with `W(x)` the window of `x` clipped to the image (the padding is
-//! zero). For `delta = 0` every output pixel needs it; the window sums of
-//! `q p`, and of `p^2` for the window norms `A`, come from running sums
-//! down each column (`V(i, c)`, the sum of rows `0 .. i`) and then along
-//! each output row: the rows `lo .. hi` of the window of output row `i`
-//! are `V(hi, c) - V(lo, c)`, whose running sum along the row gives every
-//! window of that row by one more difference. For a displacement of one
-//! pixel along an axis the window of every output pixel that takes it
-//! spans all of that axis where both `q(z)` and `p(z + delta)` lie in the
-//! image (the route is offered only then), so only the other axis is
-//! windowed: `(0, +-1)` needs one sum per row, `(+-1, 0)` one per column
-//! and the four diagonal displacements one sum each. All of them are
-//! gathered in the same pass over the training pixels: each value
-//! `p(r, c)`, widened once, meets the nine query values around `(r, c)`.
+//! zero).
 //!
-//! Per group of eight training images (the lanes, as in [`super::fast`])
-//! the pass costs ten multiply-adds per pixel, where the general lane
-//! kernel pays sliding window sums for each displacement; the distances
-//! are then `Q(x) + A(x + delta) - 2 C_delta(x)` (the query carries the
-//! factor `2 a`, `A` the factor `a^2`), screened and added to the softmax
-//! states as in [`fast::add_listed_with`]. Everything is `f64` until the
-//! softmax; [`rounding_steps`] bounds the rounding of the running sums.
+//! - For `delta = 0`, which every output pixel takes, the window sums of
+//!   `q p`, and of `p^2` for the window norms `A`, come from summed-area
+//!   tables: `T(i, j)` is the sum over rows `0 .. i` and columns
+//!   `0 .. j`. The rows `lo .. hi` of the window of output row `i`, over
+//!   the columns `0 .. j`, are `T(hi, j) - T(lo, j)` (`T(hi, j)` alone
+//!   where `lo` is 0), and a window is one more difference along the row.
+//! - For a displacement of one pixel along an axis, the window of every
+//!   output pixel that takes it spans all of that axis where both `q(z)`
+//!   and `p(z + delta)` lie in the image (the route is offered only
+//!   then), so only the other axis is windowed: `(0, +-1)` needs one sum
+//!   per row, `(+-1, 0)` one per column, and the four diagonal
+//!   displacements one sum each.
+//!
+//! All of them are gathered in one pass over the training pixels, eight
+//! images at a time (the lanes, as in [`super::fast`]): each value
+//! `p(r, c)`, widened once, meets the nine query values around `(r, c)`,
+//! ten multiply-adds per pixel where the general lane kernel pays sliding
+//! window sums for each displacement. The distances are then
+//! `Q(x) + A(x + delta) - 2 C_delta(x)` (the query carries the factor
+//! `2 a`, `A` the factor `a^2`), screened and added to the softmax states
+//! as in [`fast::add_listed_with`]. Everything is `f64` until the
+//! softmax; [`rounding_steps`] bounds the rounding of the sums, and the
+//! machine takes this route only where that bound keeps the exponent
+//! within its budget. At k = 27 on MNIST it is 1.5x to 1.8x faster than
+//! the lanes (`docs/performance.md`, method 18).
 
 use super::fast::{self, LANES, LaneState, Lanes, NOT_A_CANDIDATE, Portable, Vector, Wide};
 use super::fast::{WideLanes, add_listed_with, add_run_with, interleave_row};
@@ -191,18 +197,38 @@ pub(crate) fn choose(plan: &Plan) -> Option<NeighbourPlan> {
     })
 }
 
+/// Training images per chunk: one chunk per core, in whole groups of
+/// eight. Each chunk starts with no reference distance at any output
+/// pixel, and its first groups, many of whose candidates lower the
+/// reference, cost several times a later one: on one thread (1,000
+/// MNIST digits at k = 27) two chunks took 1.39 ms to 1.45 ms against
+/// 1.21 ms to 1.23 ms for one, and on two cores one chunk per core
+/// instead of two took the best of 300 evaluations from 0.84 ms to
+/// 0.94 ms down to 0.66 ms to 0.72 ms, and their means from 0.99 ms to
+/// 1.23 ms down to 0.82 ms to 0.93 ms (the host busy, alternated). A
+/// core held up by the host is then not relieved by the other, which
+/// the means include.
+pub(crate) fn chunk_len(images: usize) -> usize {
+    #[cfg(feature = "parallel")]
+    let workers = rayon::current_num_threads().max(1);
+    #[cfg(not(feature = "parallel"))]
+    let workers = 1;
+    images.div_ceil(workers).div_ceil(LANES).max(1) * LANES
+}
+
 /// Rounding steps of the route on an `H x W` image, in units of
 /// `eps M` with `M` the largest term (as in the bound of the lane
-/// kernel's expanded distances): the running sums of `2 a q p` down a
-/// column (`H` steps of partial sums up to `H M`), their differences,
-/// the running sums of those along a row (`W` steps up to `W H M`) and
-/// their differences come to `2 W^2 H + 4 W H^2 + 3 W H`; the window
-/// norms as many plus one scaling, the query norms `H W (H + W)`, and the
-/// final sum `6 H W`. In all `H W (5 W + 9 H + 13)`: the sums of the
-/// other displacements (one axis windowed) stay below the first term.
+/// kernel's expanded distances). An entry of a summed-area table sums at
+/// most `W` products along a row (partial sums up to `W M`) and adds the
+/// entry above (`H` steps of partial sums up to `H W M`):
+/// `H W (H + W)`. A window is two differences of two entries each:
+/// `4 H W (H + W) + 3 H W` for `2 C` and for the query norms `Q`, one
+/// step more for `A` (the factor `a^2`), and the final sum `6 H W`. In all
+/// `H W (12 (H + W) + 16)`: the sums of the other displacements (one axis
+/// windowed, or none) stay below the first term.
 pub(crate) fn rounding_steps(plan: &Plan) -> f64 {
     let (h, w) = (plan.shape.height as f64, plan.shape.width as f64);
-    h * w * (5.0 * w + 9.0 * h + 13.0)
+    h * w * (12.0 * (h + w) + 16.0)
 }
 
 /// Everything a worker needs that is shared by all training images.
@@ -272,11 +298,38 @@ impl NeighbourJob<'_> {
                 *out = factor * v as f64;
             }
         }
-        let padded = self.plan.padded(query);
         NeighbourQuery {
             scaled,
-            norms: fast::query_window_norms(self.plan, &padded),
+            norms: self.query_norms(query),
         }
+    }
+
+    /// `Q(x)` of every output pixel, from a summed-area table of `q^2`
+    /// (the squares of `f32` values are exact in `f64`).
+    fn query_norms(&self, query: &[f32]) -> Vec<f64> {
+        let (rows, cols) = (&self.route.rows, &self.route.cols);
+        let (height, width) = (rows.len, cols.len);
+        let table = width + 1;
+        let mut sums = vec![0.0; (height + 1) * table];
+        for (r, values) in query.chunks_exact(width).enumerate() {
+            let mut row = 0.0;
+            for (c, &v) in values.iter().enumerate() {
+                let v = v as f64;
+                row += v * v;
+                sums[(r + 1) * table + c + 1] = sums[r * table + c + 1] + row;
+            }
+        }
+        let mut norms = Vec::with_capacity(height * width);
+        for &(top, bottom) in &rows.windows {
+            let (upper, lower) = (
+                &sums[top * table..][..table],
+                &sums[bottom * table..][..table],
+            );
+            for &(left, right) in &cols.windows {
+                norms.push((lower[right] - upper[right]) - (lower[left] - upper[left]));
+            }
+        }
+        norms
     }
 
     /// The buffers of one worker.
@@ -738,7 +791,7 @@ mod tests {
         assert!(choose(&plan(colour, &square(27), &ZeroPadded)).is_none());
         assert_eq!(
             rounding_steps(&plan(mnist, &square(27), &ZeroPadded)),
-            317_520.0
+            539_392.0
         );
     }
 
