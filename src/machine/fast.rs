@@ -399,6 +399,13 @@ impl LanePlan {
 /// distance, and per lane a normaliser and weighted sums relative to it.
 pub(crate) struct LaneState {
     reference: Vec<f64>,
+    /// The smallest distance seen at each position since the last fold
+    /// (at most the reference): the routes that screen their positions
+    /// into a list ([`add_centre`], [`add_listed_with`]) skip candidates
+    /// far above it rather than above the reference, which a new nearest
+    /// candidate lowers only when it is `8 / beta` below (see
+    /// [`Step::add_reached`]).
+    screen: Vec<f64>,
     /// Per lane, the smallest distance that carried weight since the
     /// last fold.
     nearest: Vec<WideLanes>,
@@ -413,6 +420,7 @@ impl LaneState {
     pub(crate) fn new(positions: usize, channels: usize) -> Self {
         LaneState {
             reference: vec![f64::INFINITY; positions],
+            screen: vec![f64::INFINITY; positions],
             nearest: vec![[f64::INFINITY; LANES]; positions],
             normaliser: vec![[0.0; LANES]; positions],
             sums: vec![[0.0; LANES]; positions * channels],
@@ -453,6 +461,7 @@ impl LaneState {
                 });
             }
             self.reference[position] = posterior.min_distances()[position];
+            self.screen[position] = self.reference[position];
             self.nearest[position] = [f64::INFINITY; LANES];
             self.normaliser[position] = [0.0; LANES];
         }
@@ -845,6 +854,7 @@ fn add_centre_with<V: Vector>(
     let no_penalty = [0.0; LANES];
     let LaneState {
         reference,
+        screen,
         nearest,
         normaliser,
         sums,
@@ -858,7 +868,7 @@ fn add_centre_with<V: Vector>(
     for &r in rows {
         let start = r * width;
         let row_distances = &distances[start..start + width];
-        let row_references = &reference[start..start + width];
+        let row_references = &screen[start..start + width];
         if whole_rows {
             for (c, (d, &m)) in row_distances.iter().zip(row_references).enumerate() {
                 let distance = V::Wide::load(d).max(zero);
@@ -877,6 +887,7 @@ fn add_centre_with<V: Vector>(
         let p = p as usize;
         let pixel = PixelState {
             reference: &mut reference[p],
+            screen: Some(&mut screen[p]),
             nearest: &mut nearest[p],
             normaliser: &mut normaliser[p],
             sums: &mut sums[p * channels..(p + 1) * channels],
@@ -910,7 +921,7 @@ pub(crate) fn add_listed_with<V: Vector>(
     for (i, (&p, d)) in positions.iter().zip(distances).enumerate() {
         let distance = V::Wide::load(d).max(zero);
         pending[kept] = i as u32;
-        kept += usize::from(step.reaches(distance, &no_penalty, state.reference[p as usize]));
+        kept += usize::from(step.reaches(distance, &no_penalty, state.screen[p as usize]));
     }
     step.add_pending(
         &pending[..kept],
@@ -935,7 +946,7 @@ pub(crate) fn add_run_with<V: Vector>(
     let step = Step::<V>::one_channel(beta, state);
     let zero = V::Wide::splat(0.0);
     let no_penalty = [0.0; LANES];
-    let references = &state.reference[first..first + distances.len()];
+    let references = &state.screen[first..first + distances.len()];
     let mut kept = 0;
     for (i, (d, &m)) in distances.iter().zip(references).enumerate() {
         let distance = V::Wide::load(d).max(zero);
@@ -2382,6 +2393,7 @@ impl<V: Vector> Segment<'_, V> {
             for (j, (((((d, penalty), reference), nearest), z), s)) in per_position.enumerate() {
                 let state = PixelState {
                     reference,
+                    screen: None,
                     nearest,
                     normaliser: z,
                     sums: s,
@@ -2412,6 +2424,7 @@ impl<V: Vector> Segment<'_, V> {
                 .max(zero);
             let state = PixelState {
                 reference: &mut reference[j],
+                screen: None,
                 nearest: &mut nearest[j],
                 normaliser: &mut normaliser[j],
                 sums: std::slice::from_mut(&mut sums[j]),
@@ -2426,6 +2439,9 @@ impl<V: Vector> Segment<'_, V> {
 /// The softmax state of one output pixel, as [`LaneState`] holds it.
 struct PixelState<'a> {
     reference: &'a mut f64,
+    /// The position's screening distance, where the route keeps one (see
+    /// [`LaneState`]).
+    screen: Option<&'a mut f64>,
     nearest: &'a mut WideLanes,
     normaliser: &'a mut Lanes,
     sums: &'a mut [Lanes],
@@ -2472,6 +2488,7 @@ impl<V: Vector> Step<V> {
         let zero = V::Wide::splat(0.0);
         let LaneState {
             reference,
+            screen,
             nearest,
             normaliser,
             sums,
@@ -2482,6 +2499,7 @@ impl<V: Vector> Step<V> {
             let p = position(i);
             let pixel = PixelState {
                 reference: &mut reference[p],
+                screen: Some(&mut screen[p]),
                 nearest: &mut nearest[p],
                 normaliser: &mut normaliser[p],
                 sums: std::slice::from_mut(&mut sums[p]),
@@ -2534,6 +2552,7 @@ impl<V: Vector> Step<V> {
     fn add_reached(self, distance: V::Wide, state: PixelState<'_>, values: impl Fn(usize) -> V) {
         let PixelState {
             reference,
+            screen,
             nearest,
             normaliser,
             sums,
@@ -2548,9 +2567,7 @@ impl<V: Vector> Step<V> {
             // (candidates above it leave the nearest at the reference or
             // below, see `LaneState::fold_into`).
             if exponent.any_above(ABOVE_REFERENCE_LOG2) {
-                let mut lanes_distance = [0.0; LANES];
-                distance.store(&mut lanes_distance);
-                let minimum = lanes_distance.iter().copied().fold(f64::INFINITY, f64::min);
+                let minimum = lane_minimum(distance);
                 if minimum >= NO_CANDIDATE_ABOVE {
                     return;
                 }
@@ -2559,6 +2576,10 @@ impl<V: Vector> Step<V> {
                     .sub(distance)
                     .mul(self.beta)
                     .narrow();
+            }
+            if let Some(screen) = screen {
+                // Some lane is at or below the reference: a candidate.
+                *screen = screen.min(lane_minimum(distance));
             }
             distance.min(V::Wide::load(nearest)).store(nearest);
         }
@@ -2572,6 +2593,14 @@ impl<V: Vector> Step<V> {
             }
         }
     }
+}
+
+/// The smallest of eight lanes.
+#[inline(always)]
+fn lane_minimum<W: Wide>(distance: W) -> f64 {
+    let mut lanes = [0.0; LANES];
+    distance.store(&mut lanes);
+    lanes.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 /// Arguments of [`exp2_bounded`] at or below this give 0.
