@@ -30,6 +30,10 @@
 //!   per row, `(+-1, 0)` one per column, and the four diagonal
 //!   displacements one sum each.
 //!
+//! [`choose`] checks these properties on the plan, not the constraint's
+//! name, so a constraint of one's own with zero padding and
+//! displacements of at most one pixel takes the route too.
+//!
 //! All of them are gathered in one pass over the training pixels, eight
 //! images at a time (the lanes, as in [`super::fast`]): each value
 //! `p(r, c)`, widened once, meets the nine query values around `(r, c)`,
@@ -793,6 +797,73 @@ mod tests {
             rounding_steps(&plan(mnist, &square(27), &ZeroPadded)),
             539_392.0
         );
+    }
+
+    /// A query that is a training image moved by one displacement: at
+    /// the output pixels that take that displacement its candidate
+    /// matches the query window exactly (the padding is zero in both), so
+    /// the nearest distance there is 0 and, at a large `beta`, the output
+    /// is that candidate's value. A wrong sum for any one displacement
+    /// (a diagonal serves one pixel only) fails here.
+    #[test]
+    fn each_displacement_finds_its_exact_match() {
+        let shape = Shape::new(1, 10, 10).unwrap();
+        let plan = plan(shape, &square(9), &ZeroPadded);
+        let route = choose(&plan).unwrap();
+        let (signal, beta) = (0.8, 1e3);
+        let images: Vec<f32> = values(3 * shape.len(), 7)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let first = &images[..shape.len()];
+        for (dr, dc) in SHIFTS {
+            // q(z) = a p(z + delta), zero where z + delta leaves the image.
+            let query: Vec<f32> = (0..shape.len())
+                .map(|z| {
+                    let (r, c) = ((z / 10) as isize + dr, (z % 10) as isize + dc);
+                    if (0..10).contains(&r) && (0..10).contains(&c) {
+                        signal as f32 * first[(r * 10 + c) as usize]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let job = NeighbourJob {
+                plan: &plan,
+                route: &route,
+                signal,
+                beta,
+                isa: Isa::detected(),
+            };
+            let mut scratch = job.scratch(&job.query(&query));
+            let mut posterior = PartialPosterior::new(shape, beta);
+            job.run(
+                images.chunks_exact(shape.len()),
+                &mut scratch,
+                &mut posterior,
+            );
+            let output = posterior.to_image::<f64>().unwrap();
+            let (rows, cols) = (route.rows.takers(dr), route.cols.takers(dc));
+            assert!(!rows.is_empty() && !cols.is_empty());
+            for n in rows {
+                let i = route.rows.taker(dr, n);
+                for m in cols.clone() {
+                    let j = route.cols.taker(dc, m);
+                    let y = ((i as isize + dr) * 10 + j as isize + dc) as usize;
+                    let nearest = posterior.min_distances()[i * 10 + j];
+                    assert!(
+                        nearest.abs() < 1e-9,
+                        "({dr}, {dc}) at ({i}, {j}): {nearest}"
+                    );
+                    let got = output.as_slice()[i * 10 + j];
+                    assert!(
+                        (got - first[y] as f64).abs() < 1e-6,
+                        "({dr}, {dc}) at ({i}, {j}): {got} against {}",
+                        first[y]
+                    );
+                }
+            }
+        }
     }
 
     /// The posterior and nearest distances of the route, on instruction
