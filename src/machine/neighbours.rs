@@ -44,8 +44,9 @@
 //! as in [`fast::add_listed_with`]. Everything is `f64` until the
 //! softmax; [`rounding_steps`] bounds the rounding of the sums, and the
 //! machine takes this route only where that bound keeps the exponent
-//! within its budget. At k = 27 on MNIST it is 1.5x to 1.8x faster than
-//! the lanes (`docs/performance.md`, method 18).
+//! within its budget. At k = 27 on MNIST it is 1.5x to 1.7x faster than
+//! the lanes in criterion's means and 1.9x to 2.1x in the best
+//! evaluations (`docs/performance.md`, method 18).
 
 use super::fast::{self, LANES, LaneState, Lanes, NOT_A_CANDIDATE, Portable, Vector, Wide};
 use super::fast::{WideLanes, add_listed_with, add_run_with, interleave_row};
