@@ -895,8 +895,7 @@ mod tests {
             &mut scratch,
             &mut posterior,
         );
-        let image = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
-        (image, posterior.min_distances().to_vec())
+        outcome(&posterior)
     }
 
     /// The same from the general lane kernel, with residual sums.
@@ -919,6 +918,11 @@ mod tests {
             &mut scratch,
             &mut posterior,
         );
+        outcome(&posterior)
+    }
+
+    /// The estimate and the nearest distances of `posterior`.
+    fn outcome(posterior: &PartialPosterior) -> (Vec<f64>, Vec<f64>) {
         let image = posterior.to_image::<f64>().unwrap().as_slice().to_vec();
         (image, posterior.min_distances().to_vec())
     }
