@@ -187,19 +187,14 @@ pub(crate) fn choose(plan: &Plan) -> Option<NeighbourPlan> {
     let mut route = NeighbourPlan {
         rows,
         cols,
-        fold_every: 0,
+        fold_every: (fast::FOLD_TERMS / (most_rows * most_cols)).clamp(1, FOLD_GROUPS),
         batch: shape.width,
     };
     for (dr, dc) in SHIFTS {
         let (rows, cols) = route.takers(dr, dc);
         route.batch = route.batch.max(rows * cols);
     }
-    Some(NeighbourPlan {
-        batch: route.batch,
-        rows: route.rows,
-        cols: route.cols,
-        fold_every: (fast::FOLD_TERMS / (most_rows * most_cols)).clamp(1, FOLD_GROUPS),
-    })
+    Some(route)
 }
 
 /// Training images per chunk: one chunk per core, in whole groups of
