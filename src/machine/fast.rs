@@ -91,22 +91,38 @@ pub(crate) const ABOVE_REFERENCE: f32 = 8.0;
 /// [`ABOVE_REFERENCE`] for exponents in base 2, `beta log2(e) (m - d)`.
 pub(crate) const ABOVE_REFERENCE_LOG2: f32 = ABOVE_REFERENCE * std::f32::consts::LOG2_E;
 
-/// Training images per chunk: two chunks per core, each a multiple of
-/// [`FOLD_EVERY`], so that most folds start from a known minimum.
+/// Training images per chunk for `per_core` chunks per core, each a
+/// multiple of [`FOLD_EVERY`], so that most folds start from a known
+/// minimum.
 ///
 /// Fewer, larger chunks skip more: a chunk's softmax reference is the
 /// smallest distance among its own images so far, and the longer it runs
 /// the closer that is to the final minimum, so the more candidates the
-/// bounded skip recognises as negligible. Two chunks per core rather than
-/// one leave the scheduler some room to balance a busy host.
-pub(crate) fn chunk_len(images: usize) -> usize {
+/// bounded skip recognises as negligible. More chunks per core leave the
+/// scheduler room to balance a busy host. The lanes take
+/// [`LANE_CHUNKS_PER_CORE`], the transforms [`TRANSFORM_CHUNKS_PER_CORE`].
+pub(crate) fn chunk_len(images: usize, per_core: usize) -> usize {
     #[cfg(feature = "parallel")]
     let workers = rayon::current_num_threads().max(1);
     #[cfg(not(feature = "parallel"))]
     let workers = 1;
-    let per_worker = images.div_ceil(2 * workers);
-    per_worker.div_ceil(FOLD_EVERY).max(1) * FOLD_EVERY
+    let per_chunk = images.div_ceil(per_core.max(1) * workers);
+    per_chunk.div_ceil(FOLD_EVERY).max(1) * FOLD_EVERY
 }
+
+/// Chunks per core of the lanes: two. One per core made bbELS at k = 15
+/// on 1,000 MNIST digits no faster (best of 60 on two cores, alternated:
+/// 42.6 ms to 43.8 ms against 40.9 ms to 42.2 ms).
+pub(crate) const LANE_CHUNKS_PER_CORE: usize = 2;
+
+/// Chunks per core of the Fourier routes: one. Their evaluations take a
+/// few milliseconds at k = 27, and a chunk's first groups, which meet a
+/// reference that has not settled, cost several times a later one: one
+/// chunk per core instead of two took ELS at k = 27 on 1,000 MNIST digits
+/// from 2.91 ms to 3.27 ms down to 2.53 ms to 2.68 ms (best of 300 on two
+/// cores, alternated), and at k = 25 from 16.2 ms to 16.6 ms down to
+/// 15.3 ms to 15.5 ms (best of 100).
+pub(crate) const TRANSFORM_CHUNKS_PER_CORE: usize = 1;
 
 /// Candidates with `beta (d - m) > NEGLIGIBLE` on all eight lanes, where `m`
 /// is the position's reference distance (never below the final minimum of
@@ -2651,25 +2667,30 @@ pub(crate) fn exp2_bounded(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// Two chunks per core, each a whole number of folds, and no more
-    /// images per chunk than that needs.
+    /// The requested chunks per core, each a whole number of folds, and no
+    /// more images per chunk than that needs.
     #[test]
-    fn chunks_are_two_per_core_in_whole_folds() {
+    fn chunks_per_core_are_whole_folds() {
         #[cfg(feature = "parallel")]
         let workers = rayon::current_num_threads().max(1);
         #[cfg(not(feature = "parallel"))]
         let workers = 1;
-        for images in [1, 15, 16, 17, 100, 1000, 5000, 12_345] {
-            let len = chunk_len(images);
-            assert!(
-                len >= FOLD_EVERY && len.is_multiple_of(FOLD_EVERY),
-                "{images}: {len}"
-            );
-            assert!(images.div_ceil(len) <= 2 * workers, "{images}: {len}");
-            assert!(
-                len < images.div_ceil(2 * workers) + FOLD_EVERY,
-                "{images}: {len}"
-            );
+        for per_core in [LANE_CHUNKS_PER_CORE, TRANSFORM_CHUNKS_PER_CORE, 3] {
+            for images in [1, 15, 16, 17, 100, 1000, 5000, 12_345] {
+                let len = chunk_len(images, per_core);
+                assert!(
+                    len >= FOLD_EVERY && len.is_multiple_of(FOLD_EVERY),
+                    "{images}: {len}"
+                );
+                assert!(
+                    images.div_ceil(len) <= per_core * workers,
+                    "{images}: {len}"
+                );
+                assert!(
+                    len < images.div_ceil(per_core * workers) + FOLD_EVERY,
+                    "{images}: {len}"
+                );
+            }
         }
     }
 

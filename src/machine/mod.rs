@@ -745,7 +745,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             }
             posterior
         };
-        self.reduce(rows, fast::chunk_len(rows.len()), beta, chunk)
+        let chunk_len = fast::chunk_len(rows.len(), fast::TRANSFORM_CHUNKS_PER_CORE);
+        self.reduce(rows, chunk_len, beta, chunk)
     }
 
     /// Eight candidates at a time, see [`fast`].
@@ -785,7 +786,8 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
             );
             posterior
         };
-        self.reduce(rows, fast::chunk_len(rows.len()), beta, chunk)
+        let chunk_len = fast::chunk_len(rows.len(), fast::LANE_CHUNKS_PER_CORE);
+        self.reduce(rows, chunk_len, beta, chunk)
     }
 
     /// Splits `rows` into chunks, evaluates each (on every core with the
