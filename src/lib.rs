@@ -97,7 +97,7 @@ pub mod prelude {
     pub use crate::reference::RecordedTrajectories;
     pub use crate::sampler::{
         Completion, Method, NoObserver, Observer, Sampler, StepRecord, Trajectory, Workspace,
-        initial_noise,
+        initial_noise, noised,
     };
     pub use crate::schedule::{
         Cosine, Exponential, LegacyCosine, LinearBeta, NoiseSchedule, VarianceExploding,

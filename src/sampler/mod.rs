@@ -739,6 +739,68 @@ pub fn initial_noise<T: Real>(shape: Shape, seed: u64) -> Image<T> {
     image
 }
 
+/// A clean image carried forward to time `t`: `phi_t = a(t) clean + s(t)
+/// eta`, with `a`, `s` the signal and noise scales of `schedule` and `eta`
+/// the standard normal noise [`initial_noise`] draws for `seed`.
+///
+/// This is the noisy input a score function sees at `t`, for instance to
+/// compare machines on a held-out image or to ask what a machine makes of
+/// it ([`ScoreFunction::x0_hat`]). The sum is formed in `f64` from the
+/// stored pixels and rounded to `T` once. At `t = 0` with `a(0) = 1`,
+/// `s(0) = 0` (every variance-preserving schedule of this crate) it returns
+/// `clean` exactly.
+///
+/// # Errors
+///
+/// - [`Error::InvalidTime`] unless `0 <= t <= 1`.
+/// - [`Error::NonFinite`] if `clean` holds a NaN or infinite pixel, if the
+///   schedule's `a(t)` or `s(t)` is not finite, or if a noised pixel does
+///   not fit in `T`.
+///
+/// # Example
+///
+/// ```
+/// use score_machines::prelude::*;
+///
+/// let shape = Shape::new(1, 4, 4)?;
+/// let clean = Image::<f64>::from_vec(shape, (0..16).map(|i| i as f64 / 8.0 - 1.0).collect())?;
+/// let noisy = noised(&clean, &LegacyCosine, 0.5, 7)?;
+/// let (a, s) = (LegacyCosine.signal(0.5), LegacyCosine.noise(0.5));
+/// let eta = initial_noise::<f64>(shape, 7);
+/// assert_eq!(noisy.get(0, 1, 2), a * clean.get(0, 1, 2) + s * eta.get(0, 1, 2));
+/// assert_eq!(noised(&clean, &LegacyCosine, 0.0, 7)?, clean);
+/// # Ok::<(), score_machines::Error>(())
+/// ```
+pub fn noised<T, S>(clean: &Image<T>, schedule: &S, t: f64, seed: u64) -> Result<Image<T>>
+where
+    T: Real,
+    S: NoiseSchedule + ?Sized,
+{
+    crate::schedule::check_time(t)?;
+    if clean.as_slice().iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite("clean image"));
+    }
+    let (a, s) = (schedule.signal(t), schedule.noise(t));
+    if !a.is_finite() || !s.is_finite() {
+        return Err(Error::NonFinite("noise schedule scales a(t), s(t)"));
+    }
+    let eta = initial_noise::<f64>(clean.shape(), seed);
+    let mut out = Image::zeros(clean.shape());
+    for ((slot, &x), &e) in out
+        .as_mut_slice()
+        .iter_mut()
+        .zip(clean.as_slice())
+        .zip(eta.as_slice())
+    {
+        let value = T::narrow(a * x.widen() + s * e);
+        if !value.is_finite() {
+            return Err(Error::NonFinite("noised image"));
+        }
+        *slot = value;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -169,3 +169,129 @@ fn workspace_keeps_its_buffers() {
     workspace.prepare(other);
     assert_eq!(workspace.buffers.as_ref().unwrap().slope.len(), 4);
 }
+
+/// A schedule with fixed scales, to reach the error paths of [`noised`].
+#[derive(Debug)]
+struct FixedScales(f64, f64);
+
+impl NoiseSchedule for FixedScales {
+    fn signal(&self, _t: f64) -> f64 {
+        self.0
+    }
+    fn noise(&self, _t: f64) -> f64 {
+        self.1
+    }
+}
+
+fn ramp(shape: Shape) -> Image<f64> {
+    let values = (0..shape.len())
+        .map(|i| (i % 17) as f64 / 8.0 - 1.0)
+        .collect();
+    Image::from_vec(shape, values).unwrap()
+}
+
+/// Every pixel is `a(t) x + s(t) eta` with the noise of `initial_noise`,
+/// in `f64` exactly and in `f32` as that value rounded once.
+#[test]
+fn noised_is_the_forward_process_with_the_seeded_noise() {
+    use crate::schedule::{Cosine, Exponential, LinearBeta};
+    let shape = Shape::new(2, 5, 3).unwrap();
+    let clean = ramp(shape);
+    let schedules: [&dyn NoiseSchedule; 5] = [
+        &LegacyCosine,
+        &Cosine::new(0.008).unwrap(),
+        &LinearBeta::new(1000, 1e-4, 0.02).unwrap(),
+        &Exponential::new(4.0).unwrap(),
+        &VarianceExploding::new(0.01, 5.0).unwrap(),
+    ];
+    for schedule in schedules {
+        for t in [0.0, 0.05, 0.5, 1.0] {
+            for seed in [0, 9] {
+                let (a, s) = (schedule.signal(t), schedule.noise(t));
+                let eta = initial_noise::<f64>(shape, seed);
+                let wide = noised(&clean, schedule, t, seed).unwrap();
+                let narrow = noised(&clean.cast::<f32>(), schedule, t, seed).unwrap();
+                for (i, &x) in clean.as_slice().iter().enumerate() {
+                    let want = a * x + s * eta.as_slice()[i];
+                    assert_eq!(wide.as_slice()[i], want, "{schedule:?} t={t} seed={seed}");
+                    let want32 = (a * (x as f32) as f64 + s * eta.as_slice()[i]) as f32;
+                    assert_eq!(narrow.as_slice()[i], want32, "{schedule:?} t={t}");
+                }
+            }
+        }
+    }
+}
+
+/// At `t = 0` the variance-preserving schedules have `a = 1`, `s = 0`, and
+/// the clean image comes back unchanged; at `t = 1` of the legacy cosine
+/// the image is almost all noise, with the noise's spread.
+#[test]
+fn noised_ends_are_the_clean_image_and_nearly_pure_noise() {
+    use crate::schedule::{Cosine, Exponential, LinearBeta};
+    let shape = Shape::new(1, 64, 64).unwrap();
+    let clean = ramp(shape);
+    let schedules: [&dyn NoiseSchedule; 4] = [
+        &LegacyCosine,
+        &Cosine::new(0.008).unwrap(),
+        &LinearBeta::new(1000, 1e-4, 0.02).unwrap(),
+        &Exponential::new(4.0).unwrap(),
+    ];
+    for schedule in schedules {
+        assert_eq!(
+            noised(&clean, schedule, 0.0, 3).unwrap(),
+            clean,
+            "{schedule:?}"
+        );
+    }
+    let noisy = noised(&Image::<f64>::zeros(shape), &LegacyCosine, 1.0, 3).unwrap();
+    let n = shape.len() as f64;
+    let mean = noisy.as_slice().iter().sum::<f64>() / n;
+    let spread = (noisy
+        .as_slice()
+        .iter()
+        .map(|v| (v - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    let s = LegacyCosine.noise(1.0);
+    assert!(mean.abs() < 0.05, "{mean}");
+    assert!((spread / s - 1.0).abs() < 0.05, "{spread} against {s}");
+}
+
+/// Times outside `[0, 1]`, non-finite pixels, non-finite scales and
+/// pixels that overflow `f32` are errors, not images.
+#[test]
+fn noised_refuses_bad_input() {
+    let shape = Shape::new(1, 2, 2).unwrap();
+    let clean = ramp(shape);
+    for t in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        assert!(
+            matches!(
+                noised(&clean, &LegacyCosine, t, 0),
+                Err(Error::InvalidTime { .. })
+            ),
+            "t = {t}"
+        );
+    }
+    let mut bad = clean.clone();
+    bad.as_mut_slice()[3] = f64::NAN;
+    assert!(matches!(
+        noised(&bad, &LegacyCosine, 0.5, 0),
+        Err(Error::NonFinite(_))
+    ));
+    for scales in [FixedScales(f64::NAN, 0.5), FixedScales(1.0, f64::INFINITY)] {
+        assert!(
+            matches!(noised(&clean, &scales, 0.5, 0), Err(Error::NonFinite(_))),
+            "{scales:?}"
+        );
+    }
+    let large = Image::from_vec(shape, vec![3e38f32; 4]).unwrap();
+    assert!(matches!(
+        noised(&large, &FixedScales(2.0, 0.0), 0.5, 0),
+        Err(Error::NonFinite(_))
+    ));
+    assert_eq!(
+        noised(&large, &FixedScales(1.0, 0.0), 0.5, 0).unwrap(),
+        large
+    );
+}
