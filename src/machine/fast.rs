@@ -119,9 +119,9 @@ pub(crate) const LANE_CHUNKS_PER_CORE: usize = 2;
 /// few milliseconds at k = 27, and a chunk's first groups, which meet a
 /// reference that has not settled, cost several times a later one: one
 /// chunk per core instead of two took ELS at k = 27 on 1,000 MNIST digits
-/// from 2.91 ms to 3.27 ms down to 2.53 ms to 2.68 ms (best of 300 on two
-/// cores, alternated), and at k = 25 from 16.2 ms to 16.6 ms down to
-/// 15.3 ms to 15.5 ms (best of 100).
+/// from 2.91 ms to 3.27 ms down to 2.46 ms to 2.81 ms (best of 300 on two
+/// cores, ten alternated pairs), and at k = 25 from 16.2 ms to 16.6 ms
+/// down to 15.3 ms to 15.5 ms (best of 100).
 pub(crate) const TRANSFORM_CHUNKS_PER_CORE: usize = 1;
 
 /// Candidates with `beta (d - m) > NEGLIGIBLE` on all eight lanes, where `m`
