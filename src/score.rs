@@ -83,9 +83,10 @@ pub trait ScoreFunction<T: Real>: Send + Sync {
     /// # Errors
     ///
     /// As [`ScoreFunction::predict_native_into`]; also
-    /// [`Error::InvalidTime`] when the conversion divides by `a(t) = 0`
-    /// or `s(t) = 0`, and [`Error::ShapeMismatch`] if `out` has another
-    /// shape than `x`.
+    /// [`Error::NonFinite`] if the native prediction holds a NaN or
+    /// infinite value, [`Error::InvalidTime`] as [`convert_in_place`] when
+    /// a conversion is needed, and [`Error::ShapeMismatch`] if `out` has
+    /// another shape than `x`.
     fn predict_into(
         &self,
         x: &Image<T>,
@@ -167,8 +168,10 @@ forward_score_function!(&F, Box<F>, std::sync::Arc<F>);
 ///
 /// # Errors
 ///
-/// [`Error::InvalidTime`] if the conversion divides by `a = 0` or `s = 0`,
-/// or its result overflows `T`.
+/// [`Error::NonFinite`] if `out` holds a NaN or infinite value;
+/// [`Error::InvalidTime`] if `a(t)` or `s(t)` is not finite, if the
+/// conversion divides by `a(t) <= 0` or `s(t) <= 0`, or if its result
+/// overflows `T`.
 pub fn convert_in_place<T: Real>(
     schedule: &dyn NoiseSchedule,
     x: &Image<T>,
@@ -177,18 +180,25 @@ pub fn convert_in_place<T: Real>(
     to: Prediction,
     out: &mut Image<T>,
 ) -> Result<()> {
+    out.check_finite("score function output")?;
     if from == to {
         return Ok(());
     }
     let (a, s) = (schedule.signal(t), schedule.noise(t));
+    if !(a.is_finite() && s.is_finite()) {
+        return Err(Error::InvalidTime {
+            t,
+            reason: "the schedule gives a non-finite signal or noise scale here",
+        });
+    }
     let needs_s = matches!(from, Prediction::Score) || !matches!(to, Prediction::CleanImage);
-    if needs_s && (s.is_nan() || s <= 0.0) {
+    if needs_s && s <= 0.0 {
         return Err(Error::InvalidTime {
             t,
             reason: "the noise and the score need s(t) > 0",
         });
     }
-    if matches!(to, Prediction::CleanImage) && (a.is_nan() || a <= 0.0) {
+    if matches!(to, Prediction::CleanImage) && a <= 0.0 {
         return Err(Error::InvalidTime {
             t,
             reason: "the clean image from a noise or score prediction needs a(t) > 0",
@@ -212,7 +222,7 @@ pub fn convert_in_place<T: Real>(
         if !narrowed.is_finite() {
             return Err(Error::InvalidTime {
                 t,
-                reason: "the converted prediction overflows here (s(t) or a(t) too small)",
+                reason: "the converted prediction overflows the image type here (a small a(t) or s(t), or a very large prediction)",
             });
         }
         *o = narrowed;

@@ -127,6 +127,102 @@ fn schedules_with_extreme_parameters_stay_finite() {
     assert!((LegacyCosine.noise(t) - want).abs() <= 1e-15 * want);
 }
 
+/// A schedule with fixed scales, as a user might write one.
+#[derive(Debug)]
+struct FixedScales(f64, f64);
+
+impl NoiseSchedule for FixedScales {
+    fn signal(&self, _t: f64) -> f64 {
+        self.0
+    }
+    fn noise(&self, _t: f64) -> f64 {
+        self.1
+    }
+}
+
+#[test]
+fn non_finite_scales_in_conversions_are_an_error() {
+    let x = Image::from_vec(shape(), vec![0.5_f64; 36]).unwrap();
+    for (a, s) in [(f64::INFINITY, 0.5), (0.5, f64::INFINITY), (f64::NAN, 0.5)] {
+        let net = ClosureScore::new(
+            FixedScales(a, s),
+            Prediction::Noise,
+            None,
+            |x: &Image<f64>, _: f64, _| Ok(x.clone()),
+        );
+        for result in [net.x0_hat(&x, 0.5, None), net.score(&x, 0.5, None)] {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidTime { reason, .. } if reason.contains("non-finite")),
+                "a = {a}, s = {s}: {err}"
+            );
+        }
+    }
+}
+
+/// A score function of its own that writes a NaN, as a faulty network
+/// wrapper might.
+#[derive(Debug)]
+struct WritesNan;
+
+impl ScoreFunction<f64> for WritesNan {
+    fn schedule(&self) -> &dyn NoiseSchedule {
+        &LegacyCosine
+    }
+    fn shape(&self) -> Option<Shape> {
+        None
+    }
+    fn native(&self) -> Prediction {
+        Prediction::Noise
+    }
+    fn predict_native_into(
+        &self,
+        x: &Image<f64>,
+        _t: f64,
+        _class: Option<usize>,
+        out: &mut Image<f64>,
+    ) -> score_machines::Result<()> {
+        out.as_mut_slice().copy_from_slice(x.as_slice());
+        out.as_mut_slice()[7] = f64::NAN;
+        Ok(())
+    }
+}
+
+#[test]
+fn non_finite_score_function_outputs_are_an_error() {
+    let x = Image::from_vec(shape(), vec![0.5_f64; 36]).unwrap();
+    // Asked for its own prediction or a converted one, the NaN is named.
+    for result in [
+        WritesNan.eps_hat(&x, 0.5, None),
+        WritesNan.x0_hat(&x, 0.5, None),
+    ] {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, Error::NonFinite("score function output")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn negative_noise_scales_are_named_as_such() {
+    let pixels: Vec<f32> = (0..2 * 36).map(|i| (i % 7) as f32 / 3.0 - 1.0).collect();
+    let training = TrainingSet::new(shape(), pixels, None).unwrap();
+    let machine = Machine::equivariant_local_zero_padded(
+        training,
+        FixedScales(1.0, -0.5),
+        SquarePatch::new(3).unwrap(),
+    )
+    .unwrap();
+    let err = machine
+        .x0_hat(&Image::zeros(shape()), 0.4, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidTime { reason, .. } if reason.contains("negative")),
+        "{err}"
+    );
+}
+
 #[test]
 fn closure_outputs_of_the_wrong_shape_are_an_error() {
     let net = ClosureScore::new(

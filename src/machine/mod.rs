@@ -505,10 +505,16 @@ impl<T: Real, S: NoiseSchedule, L: Locality, E: Equivariance> Machine<T, S, L, E
         check_time(t)?;
         x.check_finite("query image")?;
         let (signal, noise) = (self.schedule.signal(t), self.schedule.noise(t));
-        if !(signal.is_finite() && noise.is_finite() && noise >= 0.0) {
+        if !(signal.is_finite() && noise.is_finite()) {
             return Err(Error::InvalidTime {
                 t,
                 reason: "the schedule gives a non-finite signal or noise scale here",
+            });
+        }
+        if noise < 0.0 {
+            return Err(Error::InvalidTime {
+                t,
+                reason: "the schedule gives a negative noise scale here",
             });
         }
         let beta = 1.0 / (2.0 * noise * noise);

@@ -741,7 +741,8 @@ pub fn initial_noise<T: Real>(shape: Shape, seed: u64) -> Image<T> {
 
 /// A clean image carried forward to time `t`: `phi_t = a(t) clean + s(t)
 /// eta`, with `a`, `s` the signal and noise scales of `schedule` and `eta`
-/// the standard normal noise [`initial_noise`] draws for `seed`.
+/// the standard normal noise [`initial_noise`] draws for `seed` in `f64`
+/// (for `f32` images too: the noise is not rounded before the sum).
 ///
 /// This is the noisy input a score function sees at `t`, for instance to
 /// compare machines on a held-out image or to ask what a machine makes of
@@ -752,10 +753,10 @@ pub fn initial_noise<T: Real>(shape: Shape, seed: u64) -> Image<T> {
 ///
 /// # Errors
 ///
-/// - [`Error::InvalidTime`] unless `0 <= t <= 1`.
-/// - [`Error::NonFinite`] if `clean` holds a NaN or infinite pixel, if the
-///   schedule's `a(t)` or `s(t)` is not finite, or if a noised pixel does
-///   not fit in `T`.
+/// - [`Error::InvalidTime`] unless `0 <= t <= 1`, and where the schedule's
+///   `a(t)` or `s(t)` is not finite or is negative (as the machines).
+/// - [`Error::NonFinite`] if `clean` holds a NaN or infinite pixel, or if
+///   a noised pixel does not fit in `T`.
 ///
 /// # Example
 ///
@@ -781,8 +782,17 @@ where
         return Err(Error::NonFinite("clean image"));
     }
     let (a, s) = (schedule.signal(t), schedule.noise(t));
-    if !a.is_finite() || !s.is_finite() {
-        return Err(Error::NonFinite("noise schedule scales a(t), s(t)"));
+    if !(a.is_finite() && s.is_finite()) {
+        return Err(Error::InvalidTime {
+            t,
+            reason: "the schedule gives a non-finite signal or noise scale here",
+        });
+    }
+    if a < 0.0 || s < 0.0 {
+        return Err(Error::InvalidTime {
+            t,
+            reason: "the schedule gives a negative signal or noise scale here",
+        });
     }
     let eta = initial_noise::<f64>(clean.shape(), seed);
     let mut out = Image::zeros(clean.shape());

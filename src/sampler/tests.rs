@@ -258,8 +258,8 @@ fn noised_ends_are_the_clean_image_and_nearly_pure_noise() {
     assert!((spread / s - 1.0).abs() < 0.05, "{spread} against {s}");
 }
 
-/// Times outside `[0, 1]`, non-finite pixels, non-finite scales and
-/// pixels that overflow `f32` are errors, not images.
+/// Times outside `[0, 1]`, non-finite pixels, non-finite or negative
+/// scales and pixels that overflow `f32` are errors, not images.
 #[test]
 fn noised_refuses_bad_input() {
     let shape = Shape::new(1, 2, 2).unwrap();
@@ -279,12 +279,25 @@ fn noised_refuses_bad_input() {
         noised(&bad, &LegacyCosine, 0.5, 0),
         Err(Error::NonFinite(_))
     ));
-    for scales in [FixedScales(f64::NAN, 0.5), FixedScales(1.0, f64::INFINITY)] {
+    for scales in [
+        FixedScales(f64::NAN, 0.5),
+        FixedScales(1.0, f64::INFINITY),
+        FixedScales(-1.0, 0.5),
+        FixedScales(1.0, -0.5),
+    ] {
         assert!(
-            matches!(noised(&clean, &scales, 0.5, 0), Err(Error::NonFinite(_))),
+            matches!(
+                noised(&clean, &scales, 0.5, 0),
+                Err(Error::InvalidTime { .. })
+            ),
             "{scales:?}"
         );
     }
+    // Zero scales are the formula's own limits: all noise, or nothing.
+    assert_eq!(
+        noised(&clean, &FixedScales(0.0, 0.0), 0.5, 0).unwrap(),
+        Image::zeros(shape)
+    );
     let large = Image::from_vec(shape, vec![3e38f32; 4]).unwrap();
     assert!(matches!(
         noised(&large, &FixedScales(2.0, 0.0), 0.5, 0),
