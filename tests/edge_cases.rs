@@ -140,6 +140,45 @@ impl NoiseSchedule for FixedScales {
     }
 }
 
+/// Times outside `[0, 1]`, non-finite pixels, non-finite or negative
+/// scales and pixels that overflow `f32` are errors, not noised images.
+#[test]
+fn noised_refuses_bad_input() {
+    let clean = Image::from_vec(shape(), (0..36).map(|i| i as f64 / 18.0 - 1.0).collect()).unwrap();
+    for t in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        let err = noised(&clean, &LegacyCosine, t, 0).unwrap_err();
+        assert!(matches!(err, Error::InvalidTime { .. }), "t = {t}: {err}");
+    }
+    let mut bad = clean.clone();
+    bad.as_mut_slice()[3] = f64::NAN;
+    let err = noised(&bad, &LegacyCosine, 0.5, 0).unwrap_err();
+    assert!(matches!(err, Error::NonFinite("clean image")), "{err}");
+    for scales in [
+        FixedScales(f64::NAN, 0.5),
+        FixedScales(1.0, f64::INFINITY),
+        FixedScales(-1.0, 0.5),
+        FixedScales(1.0, -0.5),
+    ] {
+        let err = noised(&clean, &scales, 0.5, 0).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTime { .. }),
+            "{scales:?}: {err}"
+        );
+    }
+    // Zero scales are the formula's own limits: all noise, or nothing.
+    assert_eq!(
+        noised(&clean, &FixedScales(0.0, 0.0), 0.5, 0).unwrap(),
+        Image::zeros(shape())
+    );
+    let large = Image::from_vec(shape(), vec![3e38f32; 36]).unwrap();
+    let err = noised(&large, &FixedScales(2.0, 0.0), 0.5, 0).unwrap_err();
+    assert!(matches!(err, Error::NonFinite("noised image")), "{err}");
+    assert_eq!(
+        noised(&large, &FixedScales(1.0, 0.0), 0.5, 0).unwrap(),
+        large
+    );
+}
+
 #[test]
 fn non_finite_scales_in_conversions_are_an_error() {
     let x = Image::from_vec(shape(), vec![0.5_f64; 36]).unwrap();
