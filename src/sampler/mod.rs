@@ -778,9 +778,7 @@ where
     S: NoiseSchedule + ?Sized,
 {
     crate::schedule::check_time(t)?;
-    if clean.as_slice().iter().any(|v| !v.is_finite()) {
-        return Err(Error::NonFinite("clean image"));
-    }
+    clean.check_finite("clean image")?;
     let (a, s) = (schedule.signal(t), schedule.noise(t));
     if !(a.is_finite() && s.is_finite()) {
         return Err(Error::InvalidTime {
