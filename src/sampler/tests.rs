@@ -177,21 +177,27 @@ fn ramp(shape: Shape) -> Image<f64> {
     Image::from_vec(shape, values).unwrap()
 }
 
+/// The variance-preserving schedules of the crate, with typical settings.
+fn variance_preserving() -> Vec<Box<dyn NoiseSchedule>> {
+    use crate::schedule::{Cosine, Exponential, LinearBeta};
+    vec![
+        Box::new(LegacyCosine),
+        Box::new(Cosine::new(0.008).unwrap()),
+        Box::new(LinearBeta::new(1000, 1e-4, 0.02).unwrap()),
+        Box::new(Exponential::new(4.0).unwrap()),
+    ]
+}
+
 /// Every pixel is `a(t) x + s(t) eta` with the noise of `initial_noise`,
 /// in `f64` exactly and in `f32` as that value rounded once.
 #[test]
 fn noised_is_the_forward_process_with_the_seeded_noise() {
-    use crate::schedule::{Cosine, Exponential, LinearBeta};
     let shape = Shape::new(2, 5, 3).unwrap();
     let clean = ramp(shape);
-    let schedules: [&dyn NoiseSchedule; 5] = [
-        &LegacyCosine,
-        &Cosine::new(0.008).unwrap(),
-        &LinearBeta::new(1000, 1e-4, 0.02).unwrap(),
-        &Exponential::new(4.0).unwrap(),
-        &VarianceExploding::new(0.01, 5.0).unwrap(),
-    ];
-    for schedule in schedules {
+    let mut schedules = variance_preserving();
+    schedules.push(Box::new(VarianceExploding::new(0.01, 5.0).unwrap()));
+    for schedule in &schedules {
+        let schedule = schedule.as_ref();
         for t in [0.0, 0.05, 0.5, 1.0] {
             for seed in [0, 9] {
                 let (a, s) = (schedule.signal(t), schedule.noise(t));
@@ -214,18 +220,11 @@ fn noised_is_the_forward_process_with_the_seeded_noise() {
 /// the image is almost all noise, with the noise's spread.
 #[test]
 fn noised_ends_are_the_clean_image_and_nearly_pure_noise() {
-    use crate::schedule::{Cosine, Exponential, LinearBeta};
     let shape = Shape::new(1, 64, 64).unwrap();
     let clean = ramp(shape);
-    let schedules: [&dyn NoiseSchedule; 4] = [
-        &LegacyCosine,
-        &Cosine::new(0.008).unwrap(),
-        &LinearBeta::new(1000, 1e-4, 0.02).unwrap(),
-        &Exponential::new(4.0).unwrap(),
-    ];
-    for schedule in schedules {
+    for schedule in variance_preserving() {
         assert_eq!(
-            noised(&clean, schedule, 0.0, 3).unwrap(),
+            noised(&clean, schedule.as_ref(), 0.0, 3).unwrap(),
             clean,
             "{schedule:?}"
         );
